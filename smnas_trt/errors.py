@@ -1,0 +1,44 @@
+"""User-facing errors. Each message is one line that names what is wrong (field, file, device).
+
+The CLI prints these without a traceback and exits non-zero; anything else is a bug.
+"""
+
+
+class SmnasError(Exception):
+    """Base class for errors caused by the user's input or environment."""
+
+
+class ArchError(SmnasError, ValueError):
+    """A malformed or out-of-space architecture string or gene."""
+
+
+class ConfigError(SmnasError, ValueError):
+    """A bad field in a YAML config."""
+
+
+class DataError(SmnasError):
+    """A missing, truncated or inconsistent dataset."""
+
+
+class ProfilingError(SmnasError):
+    """Export, backend or latency-table problems."""
+
+
+class BackendUnavailableError(ProfilingError):
+    """The requested backend cannot run here (library or device missing)."""
+
+
+class ForeignDeviceError(ProfilingError):
+    """A table or predictor measured on another device/backend fingerprint."""
+
+
+class PredictorError(SmnasError):
+    """Latency predictor problems (schema, fingerprint, files)."""
+
+
+class SearchError(SmnasError):
+    """Search config or run-directory problems."""
+
+
+class DeployError(SmnasError):
+    """Deployment, verification or runtime problems."""
