@@ -36,3 +36,30 @@ def main() -> None:
             e.show()  # type: ignore[attr-defined]
             sys.exit(code)
         raise
+
+
+# ---------------------------------------------------------------------------------------------- space
+space_app = typer.Typer(help="Inspect search spaces and architectures.", no_args_is_help=True)
+app.add_typer(space_app, name="space")
+
+
+@space_app.command("sample")
+def space_sample(
+    space: str = typer.Option("demo", help="Space YAML path or built-in name (demo, paper)."),
+    n: int = typer.Option(5, "-n", help="How many architectures."),
+    seed: int = typer.Option(0, help="Random seed."),
+    structures: bool = typer.Option(False, help="Sample structures only (standard module genes)."),
+) -> None:
+    """Print canonical strings of randomly sampled architectures.
+
+    Example: smnas space sample --space configs/space_demo.yaml -n 5 --seed 0
+    """
+    import random
+
+    from smnas_trt.space import load_space
+
+    search_space = load_space(space)
+    rng = random.Random(seed)
+    for _ in range(n):
+        arch = search_space.sample_structure(rng) if structures else search_space.sample_arch(rng)
+        typer.echo(str(arch))
