@@ -1,1 +1,23 @@
-"""data subsystem."""
+"""COCO-format datasets (pycocotools), plain-resize transforms and the embedded demo-data generator."""
+
+from smnas_trt.data.coco import (
+    CocoDetection,
+    SplitFiles,
+    build_loader,
+    collate,
+    load_annotations,
+    resolve_split,
+    to_original_boxes,
+)
+from smnas_trt.data.demo import generate_demo
+
+__all__ = [
+    "CocoDetection",
+    "SplitFiles",
+    "build_loader",
+    "collate",
+    "generate_demo",
+    "load_annotations",
+    "resolve_split",
+    "to_original_boxes",
+]

@@ -1,1 +1,39 @@
-"""deploy subsystem."""
+"""Deploy frontier models: export, build, verify against PyTorch, time, manifest; and the runtime that runs them."""
+
+from smnas_trt.deploy.deployer import (
+    BACKENDS,
+    DeployedModel,
+    DeployOptions,
+    DeployResult,
+    DeployTarget,
+    check_backend,
+    deploy_models,
+    target_from_checkpoint,
+    targets_from_run,
+)
+from smnas_trt.deploy.manifest import MANIFEST, check_files, read_manifest, sha256_file, write_index
+from smnas_trt.deploy.runtime import Detections, Detector
+from smnas_trt.deploy.verify import TOLERANCES, Tolerance, Verification, match_detections
+
+__all__ = [
+    "BACKENDS",
+    "MANIFEST",
+    "TOLERANCES",
+    "DeployOptions",
+    "DeployResult",
+    "DeployTarget",
+    "DeployedModel",
+    "Detections",
+    "Detector",
+    "Tolerance",
+    "Verification",
+    "check_backend",
+    "check_files",
+    "deploy_models",
+    "match_detections",
+    "read_manifest",
+    "sha256_file",
+    "target_from_checkpoint",
+    "targets_from_run",
+    "write_index",
+]

@@ -234,6 +234,10 @@ def _check_backbone(b: Backbone) -> None:
                         "separated by '-', e.g. 111-2111-211111-211")
     if b.kind == "resnext" and (b.groups < 1 or b.group_width < 1):
         raise ArchError(f"backbone: ResNeXt needs groups and width, e.g. x50(32x4d), got {b.groups}x{b.group_width}d")
+    if b.kind == "resnext" and b.base * b.group_width < 64:
+        # torchvision's grouped width is int(planes * width / 64) * groups: below 64 it is zero.
+        raise ArchError(f"backbone: ResNeXt base {b.base} x width {b.group_width}d gives zero-width groups; "
+                        "need base * width >= 64")
 
 
 # ----------------------------------------------------------------------------------------------

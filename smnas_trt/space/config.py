@@ -75,20 +75,15 @@ class SpaceConfig(_Strict):
         lo, hi = self.blocks
         if not 4 <= lo <= hi:
             raise ValueError(f"blocks: need 4 <= min <= max, got {list(self.blocks)}")
-        d = self.defaults
-        checks = [("defaults.base", d.base, self.base_channels), ("defaults.fpn_channels", d.fpn_channels,
-                  self.fpn_channels), ("defaults.dense_depth", d.dense_depth, self.dense_depths),
-                  ("defaults.dense_width", d.dense_width, self.dense_widths),
-                  ("defaults.fc_width", d.fc_width, self.fc_widths),
-                  ("defaults.mobilenet_width", d.mobilenet_width, self.mobilenet_widths)]
-        for name, value, options in checks:
+        for name, option_list in [("base", "base_channels"), ("fpn_channels", "fpn_channels"),
+                                  ("dense_depth", "dense_depths"), ("dense_width", "dense_widths"),
+                                  ("fc_width", "fc_widths"), ("mobilenet_width", "mobilenet_widths")]:
+            value: float = getattr(self.defaults, name)
+            options: list[float] = getattr(self, option_list)
             if value not in options:
-                raise ValueError(f"{name}: {value} is not one of the listed options {options}")
-        for name, options in [("base_channels", self.base_channels), ("fpn_channels", self.fpn_channels),
-                              ("dense_depths", self.dense_depths), ("dense_widths", self.dense_widths),
-                              ("fc_widths", self.fc_widths), ("mobilenet_widths", self.mobilenet_widths)]:
-            if list(options) != sorted(options):
-                raise ValueError(f"{name}: list options in increasing order (mutations step to neighbours)")
+                raise ValueError(f"defaults.{name}: {value} is not one of the listed options {options}")
+            if options != sorted(options):
+                raise ValueError(f"{option_list}: list options in increasing order (mutations step to neighbours)")
         return self
 
 

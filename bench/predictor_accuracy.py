@@ -1,0 +1,230 @@
+"""Benchmark: latency-predictor accuracy on held-out architectures, against two baselines.
+
+Profiles the demo space on ort-cpu into latency tables under bench_out/predictor/ (reused and
+resumed on later runs) with the profiling layer's API: `train.db` with --train-models whole
+models (seed 0) and `test.db` with --test-models others (seed 1; archs that are also train
+candidates are dropped), both spread over every structural combination (`sample_models`); bodies
+that fail to export are replaced by further candidates. `test.db` also gets every module piece of
+its first --piece-archs archs (for the LUT-sum baseline), and `retest.db` a second timing of its
+first --retest archs (the measurement noise floor: how well one timing predicts another).
+Then fits the predictor on train (K-fold CV, which also calibrates the interval), scores it on
+test, and prints the predictor and both baselines side by side, the 90%-interval coverage, the
+noise floor, and where the reports, predictions CSVs and scatter plots were written.
+
+Targets: >= 95% of test models within +-10%, Kendall tau >= 0.9, better than both baselines.
+Run: flock /tmp/smnas-bench.lock .venv/bin/python bench/predictor_accuracy.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path("bench_out/predictor")
+
+
+def profile_models(path: Path, candidates: list, target: int, threads: int, budget_s: float) -> None:
+    """Whole-model `network` timings with the profiling API, until the table holds `target` of `candidates`.
+
+    Resumes (archs already timed are skipped) and remembers archs whose body fails to export
+    (<table>.failed.txt), so a rerun does not retry them. Uses the legacy ONNX exporter: several
+    times faster than dynamo here, and both tables use it, so train and test are the same kind of graph.
+    """
+    from smnas_trt.errors import SmnasError
+    from smnas_trt.profiling.backends import get_backend
+    from smnas_trt.profiling.lut import LatencyTable
+    from smnas_trt.profiling.profile import default_hooks, time_module
+    from smnas_trt.profiling.timing import TimingConfig
+
+    _, body_of, _ = default_hooks(81)
+    backend = get_backend("ort-cpu", threads=threads)
+    timing = TimingConfig(min_runs=10, max_runs=1000, budget_s=budget_s)
+    failed_file = path.with_suffix(".failed.txt")
+    failed = set(failed_file.read_text().splitlines()) if failed_file.is_file() else set()
+    start = time.perf_counter()
+    with LatencyTable.create(path, backend.fingerprint()) as table, tempfile.TemporaryDirectory() as tmp:
+        have = sum(table.has_model(a, "network") for a in candidates)
+        print(f"{path}: {have} of the {target} wanted models already timed", flush=True)
+        timed = 0
+        for arch in candidates:
+            if have >= target:
+                break
+            if str(arch) in failed or table.has_model(arch, "network"):
+                continue
+            try:
+                body, inputs = body_of(arch)
+                stats, extra = time_module(backend, body, inputs, Path(tmp), str(arch), timing, exporter="legacy")
+                table.put_model(arch, "network", stats, extra)
+                have += 1
+            except (SmnasError, RuntimeError) as e:
+                failed.add(str(arch))
+                with failed_file.open("a") as f:
+                    f.write(f"{arch}\n")
+                print(f"  failed {arch}: {str(e).strip().splitlines()[-1][-110:]}", flush=True)
+            timed += 1
+            if timed % 20 == 0:
+                print(f"  {path.name}: {have}/{target} in {time.perf_counter() - start:.0f} s", flush=True)
+    if have < target:
+        print(f"{path}: only {have} of {target} models could be timed from {len(candidates)} candidates", flush=True)
+
+
+def profile_pieces(path: Path, archs: list, threads: int, budget_s: float) -> None:
+    """Module entries (stem, stages, neck, heads) of the given archs, for the LUT features and baseline."""
+    from smnas_trt.errors import SmnasError
+    from smnas_trt.models.body import module_pieces
+    from smnas_trt.profiling.backends import get_backend
+    from smnas_trt.profiling.lut import LatencyTable
+    from smnas_trt.profiling.profile import piece_config, time_module
+    from smnas_trt.profiling.timing import TimingConfig
+
+    backend = get_backend("ort-cpu", threads=threads)
+    timing = TimingConfig(min_runs=10, max_runs=1000, budget_s=budget_s)
+    start = time.perf_counter()
+    done = 0
+    with LatencyTable.create(path, backend.fingerprint()) as table, tempfile.TemporaryDirectory() as tmp:
+        for arch in archs:
+            for piece in module_pieces(arch, num_classes=81):
+                if table.has(piece.key):
+                    continue
+                try:
+                    stats, extra = time_module(backend, piece.module, piece.inputs, Path(tmp), piece.key, timing,
+                                               exporter="legacy")
+                    table.put_module(piece.key, piece.kind, piece_config(piece), stats, extra)
+                except (SmnasError, RuntimeError) as e:
+                    print(f"  failed {piece.key}: {str(e).strip().splitlines()[-1][:150]}", flush=True)
+                done += 1
+                if done % 50 == 0:
+                    print(f"  {path.name}: {done} pieces in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def timed_archs(path: Path) -> list:
+    from smnas_trt.profiling.lut import LatencyTable
+    from smnas_trt.space import parse
+
+    with LatencyTable.open(path) as table:
+        return [parse(r.arch) for r in table.model_rows("network")]
+
+
+def bench_archs(train_models: int, test_models: int) -> tuple[list, list]:
+    """Candidate train archs (seed 0) and test archs (seed 1, minus any train candidate), spread over structures.
+
+    Longer than needed: some bodies fail to export and are replaced by the next candidates
+    (sample_models is prefix-stable, so a longer list keeps the earlier archs).
+    """
+    from smnas_trt.profiling.profile import sample_models
+    from smnas_trt.space import load_space
+
+    space = load_space("demo")
+    train = sample_models(space, int(train_models * 1.4), seed=0)
+    seen = {str(a) for a in train}
+    test = [a for a in sample_models(space, int(test_models * 1.6), seed=1) if str(a) not in seen]
+    return train, test
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-models", type=int, default=300)
+    parser.add_argument("--test-models", type=int, default=100)
+    parser.add_argument("--pieces", choices=("none", "test", "all"), default="test",
+                        help="time every module piece of the test archs (default), of all archs, or none")
+    parser.add_argument("--piece-archs", type=int, default=30, help="test archs whose pieces are timed")
+    parser.add_argument("--retest", type=int, default=40,
+                        help="test archs timed a second time (retest.db): the measurement noise floor")
+    parser.add_argument("--no-profile", action="store_true", help="use the tables as they are")
+    parser.add_argument("--budget-s", type=float, default=0.5, help="timed-run budget per entry")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--profile-only", action="store_true", help="only build the tables")
+    parser.add_argument("--search", action="store_true", help="small hyper-parameter grid search by CV")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    train_db, test_db = OUT / "train.db", OUT / "test.db"
+    train, test = bench_archs(args.train_models, args.test_models)
+    if not args.no_profile:
+        profile_models(test_db, test, args.test_models, args.threads, args.budget_s)
+        profile_models(train_db, train, args.train_models, args.threads, args.budget_s)
+        if args.retest:
+            again = timed_archs(test_db)[:args.retest] + timed_archs(train_db)[:args.retest // 2]
+            profile_models(OUT / "retest.db", again, len(again), args.threads, args.budget_s)
+        if args.pieces != "none":
+            profile_pieces(test_db, timed_archs(test_db)[:args.piece_archs], args.threads, args.budget_s)
+        if args.pieces == "all":
+            profile_pieces(train_db, timed_archs(train_db), args.threads, args.budget_s)
+    if args.profile_only:
+        return
+    ok = evaluate(train_db, test_db, args.folds, args.search)
+    noise_floor(test_db, OUT / "retest.db")
+    noise_floor(train_db, OUT / "retest.db")
+    sys.exit(0 if ok else 1)
+
+
+def noise_floor(test_db: Path, retest_db: Path) -> None:
+    """How well a second measurement of the same archs predicts the first: no predictor can do better."""
+    import numpy as np
+
+    from smnas_trt.predictors import accuracy
+    from smnas_trt.profiling.lut import LatencyTable
+
+    if not retest_db.is_file():
+        return
+    with LatencyTable.open(test_db) as a, LatencyTable.open(retest_db, a.fingerprint) as b:
+        first = {r.arch: r.median_ms for r in a.model_rows("network")}
+        second = {r.arch: r.median_ms for r in b.model_rows("network")}
+    common = [k for k in second if k in first]
+    if not common:
+        return
+    m = accuracy(np.array([first[k] for k in common]), np.array([second[k] for k in common]))
+    ratio = float(np.median([second[k] / first[k] for k in common]))
+    print(f"noise floor ({test_db.name}): re-timing {m['n']} of its models (median ratio second/first {ratio:.3f}), "
+          f"the second median is within ±10% of the first for "
+          f"{100 * m['within_10']:.1f}% (±5%: {100 * m['within_5']:.1f}%), MAPE {m['mape']:.1f}%, "
+          f"Kendall tau {m['kendall_tau']:.3f}")
+
+
+def evaluate(train_db: Path, test_db: Path, folds: int, search: bool) -> bool:
+    """Fit on train (CV report in model/cv/), score on test (report in test_eval/); print both and the verdict."""
+    from smnas_trt.predictors import FitConfig, LatencyPredictor, evaluate_on_table, fit_predictor
+    from smnas_trt.predictors.report import format_report
+    from smnas_trt.profiling.lut import LatencyTable
+
+    with LatencyTable.open(train_db) as t:
+        n_train = len(t.model_rows("network"))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"fitting on {n_train} models of {train_db} ({folds}-fold CV{', grid search' if search else ''})")
+    start = time.perf_counter()
+    predictor, result, cv_report = fit_predictor(train_db, OUT / "model", FitConfig(folds=folds, search=search))
+    print(f"fit in {time.perf_counter() - start:.1f} s; {predictor.describe()}")
+    print(format_report(cv_report, cv_report["title"]))
+    print()
+    model = LatencyPredictor.load(OUT / "model")
+    report = evaluate_on_table(model, test_db, OUT / "test_eval", exclude=set(result.archs))
+    print(format_report(report, report["title"]))
+    p, lut, flops = report["predictor"], report["lut_sum"], report["flops_linear"]
+    beats = all(
+        math.isnan(b["within_10"]) or (p["within_10"] > b["within_10"] and p["mape"] < b["mape"]) for b in (lut, flops)
+    )
+    checks = {
+        f"train models >= 300 ({n_train})": n_train >= 300,
+        f"test models >= 100 ({p['n']})": p["n"] >= 100,
+        f"within ±10% >= 95% ({100 * p['within_10']:.1f}%)": p["within_10"] >= 0.95,
+        f"Kendall tau >= 0.9 ({p['kendall_tau']:.3f})": p["kendall_tau"] >= 0.9,
+        "better than both baselines (±10% share and MAPE)": beats,
+    }
+    for label, passed in checks.items():
+        print(f"  [{'x' if passed else ' '}] {label}")
+    print(f"90% interval coverage on test: {100 * report['coverage']:.1f}%  (load during the run: {load}; "
+          f"reports in {OUT}/model/cv and {OUT}/test_eval)")
+    return all(checks.values())
+
+
+if __name__ == "__main__":
+    main()

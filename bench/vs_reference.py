@@ -1,0 +1,133 @@
+"""Does the searched front dominate hand-designed detectors trained the same way?
+
+Faster R-CNN R50-FPN and RetinaNet R50-FPN are expressed in the run's space at its input size with
+the space's standard module widths (the demo space has P2-P5 and P3-P6 FPNs, so Faster R-CNN uses
+P2-P5 and RetinaNet P3-P6 instead of P3-P7), trained with the run's recipe and epoch budget, timed on
+the run's backend, stored in the run's `references_` table (so `smnas report` plots them) and
+compared with the front. The paper's claim is checked too: a front model at most half the time of
+Faster R-CNN R50-FPN with at least +1 AP point.
+
+    flock /tmp/smnas-bench.lock .venv/bin/python bench/vs_reference.py --run runs/demo
+    flock /tmp/smnas-bench.lock .venv/bin/python bench/vs_reference.py --quick   # runs a tiny search first
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from smnas_trt.report import reference_verdicts, write_report
+from smnas_trt.search import RunStore, load_frozen_config
+from smnas_trt.search.engine import CANDIDATE_DIR, TABLE_FILE
+from smnas_trt.search.latency import add_timing
+from smnas_trt.search.tasks import TimeJob, TrainJob, candidate_seed, time_candidate, train_candidate
+from smnas_trt.space import load_space, parse
+
+R50 = "111-2111-211111-211"
+
+
+def reference_archs(space_name: str, size: str | None) -> dict[str, str]:
+    space = load_space(space_name)
+    d = space.config.defaults
+    size = size or space.config.sizes[-1]
+    return {
+        "Faster R-CNN R50-FPN": f"{size}/r50_{d.base}_{R50}/fpn:P2-P5:{d.fpn_channels}/rpn/2fc:{d.fc_width}",
+        "RetinaNet R50-FPN": f"{size}/r50_{d.base}_{R50}/fpn:P3-P6:{d.fpn_channels}/none/"
+                             f"retina:{d.dense_depth}x{d.dense_width}",
+    }
+
+
+def quick_run(out: Path) -> Path:
+    """A tiny search (the --quick setting of search_efficiency) to compare against."""
+    import yaml
+    from _search_bench import QUICK_SPACE, ensure_data, ensure_table, fit_initial_predictor
+
+    from smnas_trt.search import load_search_config, run_search
+    from smnas_trt.search.config import BUILTIN_SEARCH_CONFIGS, apply_overrides
+
+    data = ensure_data(out / "data", quick=True)
+    table = ensure_table(out / "lut.db", str(QUICK_SPACE), quick=True)
+    raw = yaml.safe_load(BUILTIN_SEARCH_CONFIGS["demo"].read_text())
+    raw = apply_overrides(raw, {
+        "space": str(QUICK_SPACE), "data": str(data), "latency.lut": str(table), "training.max_train_images": 96,
+        "training.batch_size": 8, "training.warmup_iters": 4, "training.lr": 0.01, "evaluation.max_images": 32,
+        "structural.epochs": 1, "modular.epochs": 1, "structural.train": 3, "modular.train": 3,
+        "modular.generations": 2, "threads": 2})
+    predictor = fit_initial_predictor(table, out / "predictor", raw)
+    import statistics
+
+    from smnas_trt.profiling.lut import read_model_records
+
+    budget = statistics.median(r.median_ms for r in read_model_records(table, scope="network", allow_foreign=True))
+    raw = apply_overrides(raw, {"latency.predictor": str(predictor), "latency.budget_ms": round(budget * 1.5, 3)})
+    cfg_path = out / "quick.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    run_dir = out / "run"
+    run_search(load_search_config(cfg_path), run_dir, resume=True, show_progress=False)
+    return run_dir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default=None, help="a finished search run directory")
+    ap.add_argument("--quick", action="store_true", help="run a tiny search first and compare against it")
+    ap.add_argument("--out", default="/tmp/smnas-bench/vs_reference", help="work folder for --quick")
+    ap.add_argument("--size", default=None, help="input size of the references (default: the space's largest)")
+    ap.add_argument("--retrain", action="store_true", help="train references again even if the run has them")
+    args = ap.parse_args()
+    if not args.run and not args.quick:
+        ap.error("give --run DIR or --quick")
+    run_dir = Path(args.run) if args.run else quick_run(Path(args.out))
+    cfg = load_frozen_config(run_dir)
+    epochs = cfg.modular.epochs if cfg.modular.generations and cfg.strategy == "smnas" else cfg.structural.epochs
+    lat = cfg.latency
+    store = RunStore(run_dir / "run.db")
+    done = {r.name for r in store.references() if r.status == "done"}
+    for name, text in reference_archs(cfg.space, args.size).items():
+        arch = parse(text)
+        if name in done and not args.retrain:
+            continue
+        folder = run_dir / "references" / arch.id
+        print(f"{name}: {arch} — training {epochs} epoch(s) with the run's recipe", flush=True)
+        start = time.perf_counter()
+        res = train_candidate(TrainJob(arch.id, str(arch), cfg.data, str(folder), epochs,
+                                       candidate_seed(cfg.seed, arch.id), dict(cfg.training), cfg.evaluation.split,
+                                       cfg.evaluation.max_images, cfg.evaluation.batch_size, cfg.device, cfg.threads))
+        timing = time_candidate(TimeJob(arch.id, str(arch), lat.backend, lat.scope, lat.precision, lat.batch,
+                                        lat.threads, lat.device, str(run_dir / CANDIDATE_DIR / arch.id),
+                                        dict(lat.timing), lat.num_classes))
+        add_timing(run_dir / TABLE_FILE, timing, lat)
+        store.put_reference(name, arch.id, str(arch), "done", measured_ms=timing.ms, ap=res.ap, ap50=res.ap50,
+                            metrics_json=json.dumps(res.metrics), train_seconds=res.train_seconds, epochs=res.epochs,
+                            checkpoint=str(Path(res.checkpoint).resolve().relative_to(run_dir.resolve())))
+        print(f"  AP {res.ap:.4f} AP50 {res.ap50:.4f}, {timing.ms:.2f} ms, {time.perf_counter() - start:.0f} s",
+              flush=True)
+    front = store.front()
+    refs = store.references()
+    store.close()
+
+    print(f"\nrun {run_dir}: front of {len(front)} (budget {lat.budget_ms:g} ms, {lat.backend} {lat.scope})")
+    for c in front:
+        print(f"  front  {c.measured_ms:8.2f} ms  AP {c.ap:.4f}  {c.arch}")
+    for v in reference_verdicts(front, refs):
+        r = v.reference
+        within = "within" if (r.measured_ms or 0) <= lat.budget_ms else "over"
+        verdict = "dominated by " + ", ".join(c.arch_id for c in v.dominated_by) if v.dominated_by else "NOT dominated"
+        print(f"  ref    {r.measured_ms:8.2f} ms  AP {r.ap:.4f}  {r.name} ({within} budget): {verdict}")
+    fpn = next((r for r in refs if r.name.startswith("Faster")), None)
+    if fpn is not None and fpn.measured_ms and fpn.ap is not None:
+        hits = [c for c in front if c.measured_ms is not None and c.ap is not None
+                and c.measured_ms <= 0.5 * fpn.measured_ms and c.ap >= fpn.ap + 0.01]
+        print(f"paper claim (<= half the time of Faster R-CNN R50-FPN at >= +1 AP point): "
+              f"{'met by ' + ', '.join(c.arch_id for c in hits) if hits else 'not met'}")
+    files = write_report(run_dir)
+    print(f"report: {files.report_md} (plot {files.pareto_png})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,465 @@
+"""`smnas deploy`: for each chosen model, load its checkpoint, export the graph(s), build the
+session/engine, verify against PyTorch on validation images, time `network` and `end2end` at batch 1,
+and write `OUT/<arch id>/` (graphs, engine/model file, manifest.json) plus the table `OUT/models.md`.
+
+Graphs: the one-stage body is the profiling layer's `network_body`; two-stage models are cut in an
+`rpn` and a `roi` graph around the RPN's NMS (see `split.py`). Every graph goes through the dynamo
+exporter (`profiling.export.export_onnx`), FP16 graphs for fp16. Decoding and NMS always run in
+torch (torchvision's own post-processing), on every backend: one way for every scope.
+
+Backends: `ort-cpu` and `ort-cuda` run the ONNX files; `tensorrt` builds an engine per graph with
+the profiling backend's builder (engines copied into the model folder); `torch` keeps the trained
+weights and runs PyTorch eager. fp16 needs a GPU backend (tensorrt, ort-cuda, torch on cuda).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smnas_trt.deploy.manifest import (
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    file_entries,
+    read_manifest,
+    write_index,
+    write_manifest,
+)
+from smnas_trt.deploy.runtime import WEIGHTS_FILE, Detector, GraphRun
+from smnas_trt.deploy.split import feature_sizes, graph_specs
+from smnas_trt.deploy.verify import Verification, match_detections, tolerance_for
+from smnas_trt.errors import DeployError, SmnasError
+from smnas_trt.fileio import atomic_dir, atomic_path
+from smnas_trt.profiling.timing import LatencyStats, TimingConfig
+from smnas_trt.space import Arch
+
+BACKENDS = ("ort-cpu", "ort-cuda", "torch", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
+# Backends that can run an fp16 graph; ort-cpu has FP16 kernels for few ops only.
+FP16_BACKENDS = ("tensorrt", "ort-cuda", "torch (device cuda)")
+DEFAULT_VERIFY_IMAGES = 8
+VERIFY_SCORE_THRESH = 0.01
+
+
+@dataclass
+class DeployTarget:
+    """One model to deploy: its architecture, checkpoint, data, and what the search knew about it."""
+
+    arch: str
+    arch_id: str
+    checkpoint: Path
+    data_dir: Path | None
+    ap: float | None = None
+    ap50: float | None = None
+    search: dict[str, Any] | None = None  # run, backend, scope, precision, predicted_ms, uncertainty_ms, measured_ms
+
+
+@dataclass
+class DeployOptions:
+    out: Path
+    backend: str = "ort-cpu"
+    precision: str = "fp32"
+    overwrite: bool = False
+    threads: int | None = None  # CPU intra-op threads for timing (ort-cpu, torch on cpu)
+    device: str | None = None  # torch backend: cpu (default) or cuda
+    verify_images: int = DEFAULT_VERIFY_IMAGES
+    split: str = "val"
+    timing: TimingConfig = field(default_factory=TimingConfig)
+
+
+@dataclass
+class DeployedModel:
+    arch_id: str
+    arch: str
+    status: str  # ok | failed
+    folder: Path | None
+    manifest: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class DeployResult:
+    out: Path
+    models: list[DeployedModel]
+    index_json: Path | None
+    index_md: Path | None
+    seconds: float
+
+    @property
+    def failed(self) -> list[DeployedModel]:
+        return [m for m in self.models if m.status != "ok"]
+
+
+StageLog = Callable[[str, str, float | None, int | None], None]
+
+
+def _silent(stage: str, detail: str, seconds: float | None, size: int | None) -> None:
+    del stage, detail, seconds, size
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def check_backend(backend: str, precision: str, device: str | None = None) -> None:
+    """Refuse backend/precision pairs that cannot work, before any model is touched."""
+    if backend not in BACKENDS:
+        raise DeployError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise DeployError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if device is not None and backend != "torch":
+        raise DeployError(f"--device applies to the torch backend only (got backend {backend})")
+    if precision == "fp16":
+        if backend == "ort-cpu":
+            raise DeployError(f"backend ort-cpu cannot run fp16 (ONNX Runtime's CPU provider lacks FP16 kernels for "
+                              f"most ops); use --precision fp32, or an fp16 backend: {', '.join(FP16_BACKENDS)}")
+        if backend == "torch" and (device or "cpu") == "cpu":
+            raise DeployError("backend torch on cpu cannot run fp16 fast or reliably; use --precision fp32, "
+                              f"--device cuda, or an fp16 backend: {', '.join(FP16_BACKENDS)}")
+
+
+def _make_backend(options: DeployOptions) -> Any:
+    from smnas_trt.profiling.backends import get_backend
+
+    opts: dict[str, Any] = {"precision": options.precision}
+    if options.backend in ("ort-cpu", "torch"):
+        opts["threads"] = options.threads
+    if options.backend == "torch":
+        opts["device"] = options.device or "cpu"
+    return get_backend(options.backend, **opts)
+
+
+# ---------------------------------------------------------------------------------------------- run dirs
+def targets_from_run(run_dir: str | Path, arch_ids: list[str] | None = None,
+                     data_dir: str | Path | None = None) -> list[DeployTarget]:
+    """The models to deploy from a search run: its Pareto front, or the given arch ids (prefixes accepted)."""
+    from smnas_trt.search import STORE_FILE, RunStore, is_run_dir, load_frozen_config
+
+    run = Path(run_dir)
+    if not is_run_dir(run):
+        raise DeployError(f"--run {str(run)!r} is not a search run directory (no config.yaml and run.db); "
+                          "give the --out folder of smnas search")
+    config = load_frozen_config(run)
+    store = RunStore(run / STORE_FILE, readonly=True)
+    try:
+        if arch_ids:
+            everything = store.candidates()
+            chosen = []
+            for wanted in arch_ids:
+                hits = [c for c in everything if c.arch_id.startswith(wanted) or c.arch == wanted]
+                if len(hits) != 1:
+                    trained = [c.arch_id for c in everything if c.checkpoint]
+                    what = "is ambiguous" if hits else "is not in the run"
+                    raise DeployError(f"--arch {wanted!r} {what}; trained candidates of {run}: "
+                                      f"{', '.join(trained[:12]) or 'none'}{' ...' if len(trained) > 12 else ''}")
+                chosen.append(hits[0])
+        else:
+            chosen = store.front()
+            if not chosen:
+                raise DeployError(f"run {str(run)!r} has no Pareto front yet (no candidate trained and timed within "
+                                  f"the budget); let the search finish (smnas search --out {run} --resume) "
+                                  "or pass --arch ID")
+    finally:
+        store.close()
+    lat = config.latency
+    targets = []
+    for c in chosen:
+        if not c.checkpoint:
+            raise DeployError(f"--arch {c.arch_id}: candidate has no checkpoint (status {c.status}); only trained "
+                              "candidates can be deployed")
+        ckpt = Path(c.checkpoint)
+        targets.append(DeployTarget(
+            arch=c.arch, arch_id=c.arch_id, checkpoint=ckpt if ckpt.is_absolute() else run / ckpt,
+            data_dir=Path(data_dir) if data_dir else Path(config.data), ap=c.ap, ap50=c.ap50,
+            search={"run": str(run.resolve()), "backend": lat.backend, "scope": lat.scope,
+                    "precision": lat.precision, "batch": lat.batch, "threads": lat.threads,
+                    "budget_ms": lat.budget_ms, "predicted_ms": c.predicted_ms,
+                    "uncertainty_ms": c.uncertainty_ms, "measured_ms": c.measured_ms},
+        ))
+    return targets
+
+
+def target_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None,
+                           ap: float | None = None, ap50: float | None = None) -> DeployTarget:
+    """A model straight from a checkpoint written by `smnas train` (no search run)."""
+    from smnas_trt.training import load_checkpoint
+
+    meta = dict(load_checkpoint(checkpoint).get("meta") or {})
+    if "arch" not in meta:
+        raise DeployError(f"{checkpoint}: checkpoint has no architecture string (not written by smnas train)")
+    from smnas_trt.space import parse
+
+    arch = parse(meta["arch"])
+    return DeployTarget(arch=str(arch), arch_id=arch.id, checkpoint=Path(checkpoint),
+                        data_dir=Path(data_dir) if data_dir else None, ap=ap, ap50=ap50)
+
+
+# ---------------------------------------------------------------------------------------------- deploy
+def deploy_models(targets: list[DeployTarget], options: DeployOptions, log: StageLog | None = None,
+                  on_model: Callable[[int, DeployTarget], None] | None = None) -> DeployResult:
+    """Deploy every target into `options.out`; a model that fails is recorded and the others go on.
+
+    Refused before any work: an unknown backend, fp16 where the backend cannot run it, a backend
+    that is not available here, and an existing `OUT/<arch id>/` without `options.overwrite`.
+    """
+    log = log or _silent
+    check_backend(options.backend, options.precision, options.device)
+    if not targets:
+        raise DeployError("nothing to deploy: no models were chosen")
+    if options.verify_images < 1:
+        raise DeployError(f"--verify-images must be >= 1, got {options.verify_images}")
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise DeployError(f"--out {str(out)!r} exists and is not a folder")
+    seen: set[str] = set()
+    for t in targets:
+        if t.arch_id in seen:
+            raise DeployError(f"model {t.arch_id} was chosen twice")
+        seen.add(t.arch_id)
+        if (out / t.arch_id).exists() and not options.overwrite:
+            raise DeployError(f"output folder {out / t.arch_id} exists; pass --overwrite to replace it, or choose "
+                              "another --out")
+        if t.data_dir is None:
+            raise DeployError(f"model {t.arch_id}: no dataset to verify on; pass --data DIR")
+    backend = _make_backend(options)  # raises BackendUnavailableError here, before any export
+    start = time.perf_counter()
+    models: list[DeployedModel] = []
+    for i, target in enumerate(targets):
+        if on_model is not None:
+            on_model(i, target)
+        try:
+            manifest = deploy_one(target, options, backend, log)
+            models.append(DeployedModel(target.arch_id, target.arch, manifest["status"], out / target.arch_id,
+                                        manifest))
+        except SmnasError as e:
+            log("error", str(e), None, None)
+            models.append(DeployedModel(target.arch_id, target.arch, "failed", None, error=str(e)))
+    out.mkdir(parents=True, exist_ok=True)
+    index_json, index_md = write_index(out)
+    return DeployResult(out, models, index_json, index_md, time.perf_counter() - start)
+
+
+def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: StageLog) -> dict[str, Any]:
+    """Deploy one model into `options.out/<arch id>/` (written atomically); returns its manifest."""
+    from smnas_trt import __version__
+    from smnas_trt.data import CocoDetection
+    from smnas_trt.training import load_trained
+    from smnas_trt.training.trainer import TrainingError
+
+    t0 = time.perf_counter()
+    model: Any
+    try:
+        model, meta = load_trained(target.checkpoint)
+    except TrainingError as e:
+        raise DeployError(f"model {target.arch_id}: {e}") from None
+    if meta["arch"] != target.arch:
+        raise DeployError(f"{target.checkpoint}: holds {meta['arch']}, but the run lists {target.arch}")
+    model.eval()
+    arch: Arch = model.arch
+    log("checkpoint", f"{target.checkpoint.name} ({_ap_text(target)})", time.perf_counter() - t0,
+        target.checkpoint.stat().st_size)
+
+    input_size = (arch.size.width, arch.size.height)
+    assert target.data_dir is not None
+    images = CocoDetection(target.data_dir, options.split, input_size, max_images=options.verify_images)
+    if images.label_to_cat != list(meta["label_to_cat"]):
+        raise DeployError(f"model {target.arch_id} was trained on categories {meta['label_to_cat'][1:]} but "
+                          f"{target.data_dir} split '{options.split}' has {images.label_to_cat[1:]}")
+
+    folder = Path(options.out) / target.arch_id
+    with atomic_dir(folder) as tmp:
+        specs = graph_specs(model, arch)
+        files: list[str] = []
+        graphs: list[dict[str, Any]] = []
+        if options.backend == "torch":
+            t0 = time.perf_counter()
+            with atomic_path(tmp / WEIGHTS_FILE) as path:
+                torch.save(model.state_dict(), path)
+            files.append(WEIGHTS_FILE)
+            log("weights", f"{WEIGHTS_FILE} (PyTorch eager)", time.perf_counter() - t0,
+                (tmp / WEIGHTS_FILE).stat().st_size)
+            graphs = [{"name": s.name, "inputs": s.input_names, "outputs": s.output_names} for s in specs]
+        else:
+            graphs = _export_graphs(specs, tmp, options, backend, log, files)
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "smnas_version": __version__,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "arch": target.arch, "arch_id": target.arch_id, "status": "pending",
+            "ap": target.ap, "ap50": target.ap50,
+            "backend": options.backend, "backend_version": backend.version(), "precision": options.precision,
+            "device": options.device if options.backend == "torch" else None,
+            "threads": getattr(backend, "threads", None),
+            "fingerprint": backend.fingerprint().to_dict(),
+            "graphs": graphs, "feature_sizes": [list(s) for s in feature_sizes(model, arch)],
+            "classes": {"label_to_cat": list(meta["label_to_cat"]),
+                        "names": {str(c): n for c, n in zip(meta["label_to_cat"][1:], meta["class_names"],
+                                                           strict=True)}},
+            "input": {"width": arch.size.width, "height": arch.size.height,
+                      "resize": "plain bilinear to width x height (aspect not kept), RGB in [0, 1]",
+                      "mean": list(model.transform.image_mean), "std": list(model.transform.image_std),
+                      "pad_to_multiple_of": model.transform.size_divisible},
+            "postprocess": _postprocess_settings(model),
+            "verification": {"score_thresh": VERIFY_SCORE_THRESH}, "latency": {},
+            "source": {"checkpoint": str(Path(target.checkpoint).resolve()), "data": str(target.data_dir),
+                       "split": options.split, "run": (target.search or {}).get("run")},
+            "files": file_entries(tmp, files),
+        }
+        write_manifest(tmp, manifest)
+        detector = Detector.load(tmp, threads=getattr(backend, "threads", None), allow_failed=True)
+        try:
+            t0 = time.perf_counter()
+            verification = verify(model, specs, detector, images, options.precision)
+            verdict = "[green]PASS[/]" if verification.passed else "[red]FAIL[/]: " + "; ".join(verification.failures())
+            log("verify", f"{verification.summary()} {verdict}", time.perf_counter() - t0, None)
+            t0 = time.perf_counter()
+            pixels = images[0][0]
+            timed = detector.time(pixels, options.timing)
+        finally:
+            detector.close()
+        latency = _latency_record(timed, target, options)
+        log("latency", _latency_text(latency), time.perf_counter() - t0, None)
+        manifest.update(status="ok" if verification.passed else "failed",
+                        verification={**verification.to_dict(), "score_thresh": VERIFY_SCORE_THRESH,
+                                      "split": options.split},
+                        latency=latency)
+        write_manifest(tmp, manifest)
+    log("saved", str(folder), None, sum(f["bytes"] for f in manifest["files"].values()))
+    return read_manifest(folder)
+
+
+def _export_graphs(specs: list[Any], tmp: Path, options: DeployOptions, backend: Any, log: StageLog,
+                   files: list[str]) -> list[dict[str, Any]]:
+    from smnas_trt.profiling.export import export_onnx
+
+    graphs = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        onnx_name = f"{spec.name}.onnx"
+        info = export_onnx(spec.module, spec.example_inputs, tmp / onnx_name, exporter="dynamo",
+                           precision=options.precision, input_names=spec.input_names, output_names=spec.output_names)
+        files.append(onnx_name)
+        log("export", f"{onnx_name} (ONNX opset {info.opset}, {info.exporter}, {options.precision})",
+            time.perf_counter() - t0, (tmp / onnx_name).stat().st_size)
+        entry: dict[str, Any] = {"name": spec.name, "onnx": onnx_name, "inputs": spec.input_names,
+                                 "outputs": spec.output_names, "exporter": info.exporter, "opset": info.opset,
+                                 "input_shapes": [list(s) for s in info.input_shapes]}
+        if options.backend == "tensorrt":
+            t0 = time.perf_counter()
+            runner = backend.load(tmp / onnx_name)  # builds (or reuses) the engine in the backend's cache
+            runner.close()
+            engine_name = f"{spec.name}.engine"
+            shutil.copyfile(backend.engine_path(tmp / onnx_name), tmp / engine_name)
+            files.append(engine_name)
+            entry["engine"] = engine_name
+            log("engine", f"{engine_name} (TensorRT {backend.version()}, {options.precision})",
+                time.perf_counter() - t0, (tmp / engine_name).stat().st_size)
+        graphs.append(entry)
+    return graphs
+
+
+def _postprocess_settings(model: Any) -> dict[str, Any]:
+    if hasattr(model, "roi_heads"):
+        heads = model.roi_heads
+        return {"score_thresh": heads.score_thresh, "nms_thresh": heads.nms_thresh,
+                "detections_per_img": heads.detections_per_img, "rpn_post_nms_top_n": model.rpn.post_nms_top_n(),
+                "rpn_pre_nms_top_n": model.rpn.pre_nms_top_n(), "rpn_nms_thresh": model.rpn.nms_thresh}
+    return {"score_thresh": model.score_thresh, "nms_thresh": model.nms_thresh,
+            "detections_per_img": model.detections_per_img, "topk_candidates": model.topk_candidates}
+
+
+# ---------------------------------------------------------------------------------------------- verify
+@contextmanager
+def score_threshold(models: list[Any], value: float) -> Iterator[None]:
+    """Temporarily lower the final score threshold of detectors (RetinaNet/FCOS or RoIHeads)."""
+    owners: list[Any] = [m.roi_heads if hasattr(m, "roi_heads") else m for m in models]
+    before = [o.score_thresh for o in owners]
+    for o in owners:
+        o.score_thresh = min(o.score_thresh, value)
+    try:
+        yield
+    finally:
+        for o, b in zip(owners, before, strict=True):
+            o.score_thresh = b
+
+
+@torch.no_grad()
+def verify(model: Any, specs: list[Any], detector: Detector, images: Any, precision: str) -> Verification:
+    """Compare the deployed model with PyTorch (the trained model as is, eval mode) on `images`.
+
+    Detections: PyTorch's full forward vs the deployed pipeline, matched box by box, both at score
+    threshold VERIFY_SCORE_THRESH (below the models' 0.05, so more boxes are compared: a barely
+    trained model may have none above 0.05). Graph outputs: each deployed graph vs the same PyTorch
+    module on the very inputs the graph received.
+    """
+    result = Verification(precision, tolerance_for(precision))
+    with score_threshold([model, detector.model], VERIFY_SCORE_THRESH):
+        settings = _postprocess_settings(model)
+        _verify_images(model, specs, detector, images, result, settings)
+    return result
+
+
+def _verify_images(model: Any, specs: list[Any], detector: Detector, images: Any, result: Verification,
+                   settings: dict[str, Any]) -> None:
+    modules = {s.name: s.module for s in specs}
+    for index in range(len(images)):
+        pixels = images[index][0]
+        ref = model([pixels])[0]
+        runs: list[GraphRun] = []
+        test = detector.detect_prepared(detector.normalise(pixels), runs.append)
+        result.add(match_detections(ref, test, result.tolerance, float(settings["score_thresh"]),
+                                    int(settings["detections_per_img"])))
+        for run in runs:
+            inputs = [torch.from_numpy(x).float() for x in run.inputs]
+            expected = modules[run.name](*inputs)
+            for name, got, want in zip(_output_names(detector, run.name), run.outputs, expected, strict=True):
+                result.add_outputs(f"{run.name}.{name}", got, want.numpy())
+
+
+def _output_names(detector: Detector, graph: str) -> list[str]:
+    return next(g["outputs"] for g in detector.manifest["graphs"] if g["name"] == graph)
+
+
+# ---------------------------------------------------------------------------------------------- latency
+def _stats(s: LatencyStats) -> dict[str, Any]:
+    return s.as_dict()
+
+
+def _latency_record(timed: dict[str, Any], target: DeployTarget, options: DeployOptions) -> dict[str, Any]:
+    graphs = {name: _stats(s) for name, s in timed["graphs"].items()}
+    network: dict[str, Any] = {"median_ms": timed["network_ms"], "graphs": graphs,
+                               "what": "the graph(s) on the backend; two-stage: rpn + roi medians"}
+    if len(graphs) == 1:
+        network.update({k: v for k, v in next(iter(graphs.values())).items()})
+    end2end = {**_stats(timed["end2end"]),
+               "what": "graph(s) + torchvision decoding, proposal filtering and NMS, prepared input to detections"}
+    record: dict[str, Any] = {"network": network, "end2end": end2end, "batch": 1,
+                              "timing": {k: getattr(options.timing, k) for k in
+                                         ("warmup_runs", "warmup_s", "min_runs", "max_runs", "budget_s")}}
+    search = target.search
+    if search:
+        comparable = (search.get("backend") == options.backend and search.get("precision") == options.precision)
+        record["search"] = {**search, "comparable": comparable}
+        if comparable and search.get("scope") in ("network", "end2end"):
+            scope = record[search["scope"]]
+            scope["predicted_ms"] = search.get("predicted_ms")
+            scope["search_measured_ms"] = search.get("measured_ms")
+    return record
+
+
+def _latency_text(latency: dict[str, Any]) -> str:
+    text = f"network {latency['network']['median_ms']:.2f} ms · end2end {latency['end2end']['median_ms']:.2f} ms"
+    search = latency.get("search") or {}
+    if search.get("predicted_ms") is not None:
+        note = "" if search.get("comparable") else f" on {search['backend']} {search['precision']}"
+        text += f" (predicted {search['predicted_ms']:.2f} ms {search['scope']}{note})"
+    return text
+
+
+def _ap_text(target: DeployTarget) -> str:
+    if target.ap is None:
+        return "AP not recorded"
+    return f"AP {target.ap:.3f}" + (f", AP50 {target.ap50:.3f}" if target.ap50 is not None else "")

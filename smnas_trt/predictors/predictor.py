@@ -1,0 +1,466 @@
+"""The latency predictor: XGBoost on log latency over a log-linear prior, with a calibrated interval.
+
+Model, for features x of an arch (see `features.py`) and measured latency t:
+- prior(x): least squares of log t on log FLOPs, activation bytes, normalised bytes and layer count
+  (a roofline-like trend that extrapolates sensibly; trees alone cannot extrapolate);
+- mean(x): XGBoost regression trees on the residual log t - prior(x); prediction exp(prior + mean);
+- scale(x): a small XGBoost model of log |residual|, fitted on out-of-fold residuals (K-fold CV);
+- interval: prediction * exp(+-q * scale(x)) where q is the split-conformal quantile of the
+  out-of-fold normalised residuals |r| / scale, so the interval covers the requested share
+  (default 90%) of architectures like the training ones. `predict` returns the half-width in ms
+  as the uncertainty.
+
+Persistence: a folder with XGBoost's own UBJSON model files, the table's module entries it used
+(JSON) and `predictor.json` (format and feature-schema version, feature names, device fingerprint,
+backend, precision, scope, training-set size, CV metrics, conformal quantile, prior and baseline
+coefficients, SHA-256 of every file). Written atomically; never pickled. Loading checks the
+schema and, when given one, the device fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smnas_trt.errors import ForeignDeviceError, PredictorError
+from smnas_trt.fileio import atomic_dir, atomic_write_bytes, atomic_write_json
+from smnas_trt.predictors.features import SCHEMA_VERSION, FeatureConfig, Featurizer
+from smnas_trt.predictors.metrics import FlopsLinear, accuracy, coverage
+from smnas_trt.profiling.fingerprint import Fingerprint
+from smnas_trt.space.arch import Arch
+
+FORMAT = "smnas-latency-predictor"
+FORMAT_VERSION = 1
+META_FILE = "predictor.json"
+MEAN_FILE = "mean.ubj"
+SCALE_FILE = "scale.ubj"
+MODULES_FILE = "modules.json"
+PRIOR_FEATURES = ("total_flops", "total_act_bytes", "total_norm_bytes", "total_layers", "roi_pooled_bytes")
+MIN_TRAIN = 10
+RESIDUAL_FLOOR = 1e-4  # log-space floor of |residual| for the scale model (0.01%)
+
+# Small grid for `FitConfig.search`: (max_depth, learning_rate, rounds, min_child_weight).
+SEARCH_GRID = ((2, 0.1, 400, 1.0), (3, 0.08, 300, 2.0), (4, 0.08, 300, 2.0), (4, 0.04, 600, 2.0),
+               (6, 0.05, 300, 3.0), (3, 0.15, 150, 1.0))
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Fitting settings. Defaults are what the accuracy benchmark uses."""
+
+    folds: int = 5  # K-fold CV for out-of-fold predictions (metrics, interval calibration)
+    seed: int = 0
+    rounds: int = 300
+    max_depth: int = 3
+    learning_rate: float = 0.08
+    min_child_weight: float = 2.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    reg_lambda: float = 1.0
+    scale_rounds: int = 60
+    scale_depth: int = 2
+    interval: float = 0.9  # coverage of the prediction interval
+    search: bool = False  # pick tree settings from SEARCH_GRID by CV MAPE
+    threads: int = 2
+    use_lut: bool = True  # latency-table sum features
+    num_classes: int = 81  # classes of the timed detectors (profile-lut's --num-classes)
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise PredictorError(f"folds: need at least 2 for cross-validation, got {self.folds}")
+        if not 0.5 <= self.interval < 1:
+            raise PredictorError(f"interval: coverage must be in [0.5, 1), got {self.interval}")
+        if self.rounds < 1 or self.max_depth < 1:
+            raise PredictorError("rounds and max_depth must be positive")
+
+    def xgb_params(self) -> dict[str, Any]:
+        return {"objective": "reg:squarederror", "max_depth": self.max_depth, "eta": self.learning_rate,
+                "min_child_weight": self.min_child_weight, "subsample": self.subsample,
+                "colsample_bytree": self.colsample_bytree, "lambda": self.reg_lambda, "tree_method": "hist",
+                "nthread": self.threads, "seed": self.seed}
+
+    def scale_params(self) -> dict[str, Any]:
+        return {"objective": "reg:squarederror", "max_depth": self.scale_depth, "eta": 0.1, "min_child_weight": 3.0,
+                "subsample": 0.8, "tree_method": "hist", "nthread": self.threads, "seed": self.seed + 1}
+
+
+@dataclass
+class TrainingData:
+    """Whole-model timings and the module entries of the table they came from."""
+
+    archs: list[str]
+    ms: np.ndarray
+    fingerprint: Fingerprint | None
+    module_ms: dict[str, float] = field(default_factory=dict)
+    scope: str = "network"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.ms = np.asarray(self.ms, dtype=np.float64)
+        if len(self.archs) != len(self.ms):
+            raise PredictorError(f"training data: {len(self.archs)} archs but {len(self.ms)} latencies")
+        if len(self.ms) and not (np.isfinite(self.ms).all() and (self.ms > 0).all()):
+            raise PredictorError(f"training data {self.source}: latencies must be positive and finite")
+
+
+def load_training_data(lut: str | Path, scope: str = "network", fingerprint: Fingerprint | None = None,
+                       allow_foreign: bool = False) -> TrainingData:
+    """Whole-model rows of one scope and all module entries of a latency table (the profiling layer's reader)."""
+    from smnas_trt.profiling.lut import LatencyTable
+
+    with LatencyTable.open(lut, fingerprint, allow_foreign=allow_foreign) as table:
+        rows = table.model_rows(scope)
+        modules = table.module_latencies()
+        fp = table.fingerprint
+    return TrainingData([r.arch for r in rows], np.array([r.median_ms for r in rows]), fp, modules, scope, str(lut))
+
+
+@dataclass
+class FitResult:
+    """Out-of-fold predictions of the K-fold CV that calibrated the interval, and its metrics."""
+
+    archs: list[str]
+    measured: np.ndarray
+    predicted: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    lut_sum: np.ndarray
+    flops_linear: np.ndarray
+    fold: np.ndarray
+    metrics: dict[str, Any]
+    config: FitConfig
+    seconds: float
+
+
+# ------------------------------------------------------------------------------------------ fitting
+def _prior_design(X: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    logs = np.log(np.maximum(X[:, columns], 1.0))
+    return np.concatenate([np.ones((len(X), 1)), logs], axis=1)
+
+
+def _fit_prior(X: np.ndarray, y: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    design = _prior_design(X, columns)
+    # A touch of ridge keeps the solve stable when two count columns move together.
+    ridge = 1e-3 * np.eye(design.shape[1])
+    ridge[0, 0] = 0.0
+    return np.linalg.solve(design.T @ design + len(X) * ridge, design.T @ y)
+
+
+def _train(X: np.ndarray, target: np.ndarray, params: Mapping[str, Any], rounds: int) -> Any:
+    import xgboost as xgb
+
+    return xgb.train(dict(params), xgb.DMatrix(X, label=target, missing=np.nan), num_boost_round=rounds)
+
+
+def _conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """Split-conformal quantile: the ceil((n + 1) * level)-th smallest score."""
+    n = len(scores)
+    k = math.ceil((n + 1) * level)
+    if k > n:
+        return float(np.max(scores)) * 1.5  # too few points for this level: widen
+    return float(np.sort(scores)[k - 1])
+
+
+class _Core:
+    """Prior + mean + scale boosters: what is fitted on one training split."""
+
+    def __init__(self, prior: np.ndarray, mean: Any, scale: Any | None, prior_columns: Sequence[int]) -> None:
+        self.prior = prior
+        self.mean = mean
+        self.scale = scale
+        self.prior_columns = list(prior_columns)
+
+    def log_mean(self, X: np.ndarray) -> np.ndarray:
+        base = _prior_design(X, self.prior_columns) @ self.prior
+        return base + self.mean.inplace_predict(X, missing=np.nan)
+
+    def log_scale(self, X: np.ndarray) -> np.ndarray:
+        assert self.scale is not None
+        return np.exp(self.scale.inplace_predict(X, missing=np.nan))
+
+
+def _fit_mean(X: np.ndarray, y: np.ndarray, config: FitConfig, prior_columns: Sequence[int]) -> _Core:
+    prior = _fit_prior(X, y, prior_columns)
+    residual = y - _prior_design(X, prior_columns) @ prior
+    return _Core(prior, _train(X, residual, config.xgb_params(), config.rounds), None, prior_columns)
+
+
+def _folds(n: int, k: int, seed: int) -> np.ndarray:
+    """Fold index per row: a seeded shuffle cut into k near-equal parts."""
+    order = np.random.default_rng(seed).permutation(n)
+    fold = np.empty(n, dtype=np.int64)
+    fold[order] = np.arange(n) % k
+    return fold
+
+
+class LatencyPredictor:
+    """Predicts whole-model latency (ms) and an uncertainty for batches of architectures.
+
+        predictor, cv = LatencyPredictor.fit(load_training_data("lut.db"))
+        predictor.save("predictor/")
+        ms, uncertainty = LatencyPredictor.load("predictor/").predict(archs)
+
+    `uncertainty` is the half-width (ms) of the calibrated interval (default 90%);
+    `predict_interval` gives the bounds themselves.
+    """
+
+    def __init__(self, core: _Core, quantile: float, featurizer: Featurizer, meta: dict[str, Any]) -> None:
+        self._core = core
+        self.quantile = quantile
+        self.featurizer = featurizer
+        self.meta = meta
+
+    # ------------------------------------------------------------------------------------ properties
+    @property
+    def fingerprint(self) -> Fingerprint | None:
+        fp = self.meta.get("fingerprint")
+        return Fingerprint.from_dict(fp) if fp else None
+
+    @property
+    def config(self) -> FitConfig:
+        return FitConfig(**self.meta["fit_config"])
+
+    @property
+    def interval(self) -> float:
+        return float(self.meta["fit_config"]["interval"])
+
+    @property
+    def flops_baseline(self) -> FlopsLinear:
+        return FlopsLinear.from_dict(self.meta["baselines"]["flops_linear"])
+
+    def describe(self) -> str:
+        fp = self.fingerprint
+        device = fp.describe() if fp else "unknown device"
+        cv = self.meta.get("cv_metrics", {}).get("predictor", {})
+        within = cv.get("within_10")
+        cv_text = f", CV within ±10% {100 * within:.1f}%" if within is not None else ""
+        return (f"latency predictor ({self.meta['scope']} scope) trained on {self.meta['n_train']} models measured "
+                f"on {device}{cv_text}")
+
+    # ------------------------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, data: TrainingData, config: FitConfig | None = None, progress: Any = None
+            ) -> tuple[LatencyPredictor, FitResult]:
+        """Fit on all rows after a K-fold CV that gives out-of-fold metrics and calibrates the interval.
+
+        `progress(step: str)` is called between steps when given.
+        """
+        config = config or FitConfig()
+        start = time.perf_counter()
+        n = len(data.archs)
+        if n < max(MIN_TRAIN, config.folds):
+            raise PredictorError(f"training data {data.source or ''}: {n} models; need at least "
+                                 f"{max(MIN_TRAIN, config.folds)} to fit and cross-validate")
+        featurizer = Featurizer(FeatureConfig(config.num_classes, config.use_lut), data.module_ms)
+        X = featurizer.transform(data.archs)
+        y = np.log(data.ms)
+        prior_columns = [featurizer.column(c) for c in PRIOR_FEATURES]
+        flops = X[:, featurizer.column("total_flops")]
+        lut_sum = X[:, featurizer.column("lut_total_ms")] if config.use_lut else np.full(n, np.nan)
+        fold = _folds(n, config.folds, config.seed)
+        step = progress or (lambda _s: None)
+
+        def cross_validate(cfg: FitConfig) -> np.ndarray:
+            oof = np.empty(n)
+            for k in range(cfg.folds):
+                test = fold == k
+                oof[test] = _fit_mean(X[~test], y[~test], cfg, prior_columns).log_mean(X[test])
+            return oof
+
+        if config.search:
+            best: tuple[float, FitConfig, np.ndarray] | None = None
+            for depth, eta, rounds, mcw in SEARCH_GRID:
+                cfg = replace(config, max_depth=depth, learning_rate=eta, rounds=rounds, min_child_weight=mcw)
+                step(f"search depth {depth} eta {eta} rounds {rounds}")
+                oof = cross_validate(cfg)
+                mape = float(np.mean(np.abs(np.exp(oof) - data.ms) / data.ms))
+                if best is None or mape < best[0]:
+                    best = (mape, cfg, oof)
+            assert best is not None
+            _, config, oof = best
+        else:
+            step(f"{config.folds}-fold cross-validation")
+            oof = cross_validate(config)
+
+        # Interval: a scale model of |residual|, itself cross-validated, then the conformal quantile.
+        step("calibrating the interval")
+        abs_res = np.maximum(np.abs(y - oof), RESIDUAL_FLOOR)
+        scale_oof = np.empty(n)
+        flops_oof = np.empty(n)
+        for k in range(config.folds):
+            test = fold == k
+            booster = _train(X[~test], np.log(abs_res[~test]), config.scale_params(), config.scale_rounds)
+            scale_oof[test] = np.exp(booster.inplace_predict(X[test], missing=np.nan))
+            flops_oof[test] = FlopsLinear.fit(flops[~test], data.ms[~test]).predict(flops[test])
+        quantile = _conformal_quantile(abs_res / scale_oof, config.interval)
+
+        step("fitting on all rows")
+        core = _fit_mean(X, y, config, prior_columns)
+        core.scale = _train(X, np.log(abs_res), config.scale_params(), config.scale_rounds)
+        predicted = np.exp(oof)
+        half = quantile * scale_oof
+        lower, upper = np.exp(oof - half), np.exp(oof + half)
+        metrics = {"predictor": accuracy(data.ms, predicted), "lut_sum": accuracy(data.ms, lut_sum),
+                   "flops_linear": accuracy(data.ms, flops_oof), "coverage": coverage(data.ms, lower, upper),
+                   "interval": config.interval}
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "feature_schema": SCHEMA_VERSION,
+            "feature_config": featurizer.config.to_dict(),
+            "feature_names": featurizer.names,
+            "fingerprint": data.fingerprint.to_dict() if data.fingerprint else None,
+            "fingerprint_key": data.fingerprint.key if data.fingerprint else None,
+            "backend": data.fingerprint.backend if data.fingerprint else None,
+            "precision": data.fingerprint.precision if data.fingerprint else None,
+            "batch": data.fingerprint.batch if data.fingerprint else None,
+            "scope": data.scope,
+            "source": data.source,
+            "n_train": n,
+            "latency_range_ms": [float(data.ms.min()), float(data.ms.max())],
+            "lut_modules": len(data.module_ms),
+            "lut_missing_pieces": featurizer.lut_missing,
+            "lut_archs_missing": featurizer.lut_archs_missing,
+            "fit_config": asdict(config),
+            "cv_metrics": metrics,
+            "conformal_quantile": quantile,
+            "prior": {"features": list(PRIOR_FEATURES), "coefficients": core.prior.tolist()},
+            "baselines": {"flops_linear": FlopsLinear.fit(flops, data.ms).to_dict()},
+            "xgboost": _xgb_version(),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        result = FitResult(list(data.archs), data.ms, predicted, lower, upper, lut_sum, flops_oof, fold, metrics,
+                           config, time.perf_counter() - start)
+        return cls(core, quantile, featurizer, meta), result
+
+    def refit(self, data: TrainingData, progress: Any = None) -> tuple[LatencyPredictor, FitResult]:
+        """A new predictor with this one's settings on new data (e.g. after a search generation).
+
+        The data must come from the same device fingerprint (ForeignDeviceError otherwise).
+        """
+        self.check_fingerprint(data.fingerprint, what=f"training data {data.source}")
+        return LatencyPredictor.fit(data, self.config, progress)
+
+    # ------------------------------------------------------------------------------------ prediction
+    def features(self, archs: Sequence[Arch | str]) -> np.ndarray:
+        return self.featurizer.transform(archs)
+
+    def predict_log(self, archs: Sequence[Arch | str]) -> tuple[np.ndarray, np.ndarray]:
+        """(mean of log ms, interval half-width in log space)."""
+        X = self.features(archs)
+        if len(X) == 0:
+            return np.zeros(0), np.zeros(0)
+        return self._core.log_mean(X), self.quantile * self._core.log_scale(X)
+
+    def predict(self, archs: Sequence[Arch | str]) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted ms, uncertainty ms) per arch; uncertainty is the half-width of the calibrated interval."""
+        mu, half = self.predict_log(archs)
+        lower, upper = np.exp(mu - half), np.exp(mu + half)
+        return np.exp(mu), (upper - lower) / 2
+
+    def predict_interval(self, archs: Sequence[Arch | str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(predicted ms, lower ms, upper ms); the interval covers `interval` (default 90%) of such archs."""
+        mu, half = self.predict_log(archs)
+        return np.exp(mu), np.exp(mu - half), np.exp(mu + half)
+
+    def add_module_latencies(self, module_ms: Mapping[str, float], fingerprint: Fingerprint | None) -> int:
+        """Use more module entries (same device) for the LUT features; returns how many were new."""
+        self.check_fingerprint(fingerprint, what="module entries")
+        new = {k: v for k, v in module_ms.items() if k not in self.featurizer.module_ms}
+        if new:
+            self.featurizer = Featurizer(self.featurizer.config, {**self.featurizer.module_ms, **new})
+        return len(new)
+
+    # ------------------------------------------------------------------------------------ checks
+    def check_fingerprint(self, fingerprint: Fingerprint | None, what: str, allow_foreign: bool = False) -> None:
+        mine = self.fingerprint
+        if allow_foreign or fingerprint is None or mine is None or fingerprint.key == mine.key:
+            return
+        raise ForeignDeviceError(f"{what} was measured on {fingerprint.describe()}, but the predictor was trained on "
+                                 f"{mine.describe()}; refit on this device or pass --allow-foreign-device")
+
+    # ------------------------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the predictor folder atomically (replaces an existing one); returns its path."""
+        path = Path(path)
+        if self._core.scale is None:
+            raise PredictorError("predictor has no scale model; fit it with LatencyPredictor.fit")
+        files = {MEAN_FILE: bytes(self._core.mean.save_raw("ubj")), SCALE_FILE: bytes(self._core.scale.save_raw("ubj")),
+                 MODULES_FILE: (json.dumps(self.featurizer.module_ms, sort_keys=True) + "\n").encode()}
+        meta = {**self.meta, "conformal_quantile": self.quantile,
+                "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+        keep = [p for p in path.iterdir() if p.name not in (*files, META_FILE)] if path.is_dir() else []
+        with atomic_dir(path) as tmp:
+            for name, data in files.items():
+                atomic_write_bytes(tmp / name, data)
+            atomic_write_json(tmp / META_FILE, meta)
+            for extra in keep:  # reports written next to the model survive a re-save
+                if extra.is_dir():
+                    shutil.copytree(extra, tmp / extra.name)
+                elif extra.is_file():
+                    shutil.copy2(extra, tmp / extra.name)
+        self.meta = meta
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, fingerprint: Fingerprint | None = None, allow_foreign: bool = False
+             ) -> LatencyPredictor:
+        """Load a saved predictor. With `fingerprint`, refuse one trained on another device (ForeignDeviceError)."""
+        import xgboost as xgb
+
+        path = Path(path)
+        meta_path = path / META_FILE
+        if not meta_path.is_file():
+            raise PredictorError(f"{path}: not a predictor folder (no {META_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise PredictorError(f"{meta_path}: not valid JSON ({e})") from None
+        if meta.get("format") != FORMAT:
+            raise PredictorError(f"{meta_path}: not an smnas latency predictor (format {meta.get('format')!r})")
+        if meta.get("format_version") != FORMAT_VERSION or meta.get("feature_schema") != SCHEMA_VERSION:
+            raise PredictorError(f"{path}: predictor format {meta.get('format_version')} / feature schema "
+                                 f"{meta.get('feature_schema')}, this smnas reads {FORMAT_VERSION} / {SCHEMA_VERSION}; "
+                                 "refit it (smnas predictor fit)")
+        files = {}
+        for name, digest in meta.get("files", {}).items():
+            file = path / name
+            if not file.is_file():
+                raise PredictorError(f"{path}: {name} is missing")
+            data = file.read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise PredictorError(f"{file}: contents do not match the checksum in {META_FILE}")
+            files[name] = data
+        if set(files) != {MEAN_FILE, SCALE_FILE, MODULES_FILE}:
+            raise PredictorError(f"{meta_path}: lists files {sorted(files)}, expected {MEAN_FILE}, {SCALE_FILE}, "
+                                 f"{MODULES_FILE}")
+        featurizer = Featurizer(FeatureConfig.from_dict(meta["feature_config"]), json.loads(files[MODULES_FILE]))
+        if featurizer.names != meta.get("feature_names"):
+            raise PredictorError(f"{path}: its feature names differ from feature schema {SCHEMA_VERSION}; refit it")
+        mean, scale = xgb.Booster(), xgb.Booster()
+        mean.load_model(bytearray(files[MEAN_FILE]))
+        scale.load_model(bytearray(files[SCALE_FILE]))
+        threads = int(meta["fit_config"].get("threads", 2))
+        for booster in (mean, scale):
+            booster.set_param({"nthread": threads})
+        prior_columns = [featurizer.column(c) for c in meta["prior"]["features"]]
+        core = _Core(np.asarray(meta["prior"]["coefficients"], dtype=np.float64), mean, scale, prior_columns)
+        predictor = cls(core, float(meta["conformal_quantile"]), featurizer, meta)
+        predictor.check_fingerprint(fingerprint, what="this setup", allow_foreign=allow_foreign)
+        return predictor
+
+
+def _xgb_version() -> str:
+    import xgboost as xgb
+
+    return str(xgb.__version__)

@@ -1,0 +1,513 @@
+"""Latency backends behind one small interface, chosen by name.
+
+    backend = get_backend("ort-cpu", threads=2)
+    runner = backend.load("body.onnx")          # or backend.load_module(module, example_inputs) for torch
+    outputs = runner.run()                      # seeded random inputs unless feeds are given
+    stats = runner.time(TimingConfig())         # LatencyStats, median_ms is the figure used
+    fp = backend.fingerprint()                  # what the figure was measured on
+
+Backends: `ort-cpu` (default), `ort-cuda`, `torch` (eager, cpu or cuda, optional CUDA graphs) and
+`tensorrt` (in `tensorrt_backend.py`, imported only when asked for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from smnas_trt.errors import BackendUnavailableError, ProfilingError
+from smnas_trt.profiling.fingerprint import (
+    Fingerprint,
+    check_precision,
+    cpu_count,
+    cpu_fingerprint,
+    cuda_fingerprint,
+)
+from smnas_trt.profiling.timing import Clock, CudaEventClock, HostClock, LatencyStats, TimingConfig, time_runs
+
+BACKEND_NAMES = ("ort-cpu", "ort-cuda", "torch", "tensorrt")
+DEFAULT_BACKEND = "ort-cpu"
+
+Feeds = Mapping[str, np.ndarray] | Sequence[np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name: "float32", "float16", "int64", ...
+
+
+_ONNX_TYPE_TO_NUMPY = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(bool)": "bool",
+}
+
+
+def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for the given specs: floats in [0, 1) (image-like), integers in [0, 4)."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.random(spec.shape, dtype=np.float32).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[spec.name] = rng.integers(0, 2, spec.shape).astype(bool)
+        else:
+            feeds[spec.name] = rng.integers(0, 4, spec.shape).astype(dtype)
+    return feeds
+
+
+def _ordered_feeds(specs: Sequence[TensorSpec], feeds: Feeds | None, seed: int) -> dict[str, np.ndarray]:
+    if feeds is None:
+        return random_inputs(specs, seed)
+    if isinstance(feeds, Mapping):
+        missing = [s.name for s in specs if s.name not in feeds]
+        if missing:
+            raise ProfilingError(f"inputs missing: {missing}; expected {[s.name for s in specs]}")
+        return {s.name: np.asarray(feeds[s.name]) for s in specs}
+    arrays = list(feeds)
+    if len(arrays) != len(specs):
+        raise ProfilingError(f"got {len(arrays)} inputs, expected {len(specs)} ({[s.name for s in specs]})")
+    return {s.name: np.asarray(a) for s, a in zip(specs, arrays, strict=True)}
+
+
+def check_onnx_path(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ProfilingError(f"ONNX file not found: {path}")
+    return path
+
+
+def onnx_float_type(path: str | Path) -> str | None:
+    """The element type ("float32"/"float16") of the graph's first floating-point input, if any."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ProfilingError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
+    for value in model.graph.input:
+        elem = value.type.tensor_type.elem_type
+        if elem == onnx.TensorProto.FLOAT:
+            return "float32"
+        if elem == onnx.TensorProto.FLOAT16:
+            return "float16"
+    return None
+
+
+def check_graph_precision(path: Path, precision: str, backend: str) -> None:
+    """An fp16 run needs an FP16 graph (ORT runs what the graph says; TensorRT 11 is strongly typed)."""
+    float_type = onnx_float_type(path)
+    wanted = "float16" if precision == "fp16" else "float32"
+    if float_type is not None and float_type != wanted:
+        raise ProfilingError(
+            f"{path}: graph inputs are {float_type} but backend {backend} was asked for {precision}; "
+            f"export the {precision} variant of the graph (smnas_trt.profiling.export.to_fp16)"
+        )
+
+
+class Runner(ABC):
+    """A loaded model ready to run and time. Inputs are fixed (seeded) unless `set_inputs` changes them."""
+
+    inputs: list[TensorSpec]
+
+    @abstractmethod
+    def run(self, feeds: Feeds | None = None) -> list[np.ndarray]:
+        """One inference; outputs copied to host numpy arrays, in the graph's output order."""
+
+    @abstractmethod
+    def time(self, config: TimingConfig | None = None) -> LatencyStats:
+        """Warm up and time repeated runs on this runner's current inputs."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions, engines and device buffers."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Backend(ABC):
+    """Builds runners from ONNX files (and, for `torch`, from modules) and says what it measures on."""
+
+    name: ClassVar[str]
+
+    def __init__(self, precision: str = "fp32", batch: int = 1) -> None:
+        self.precision = check_precision(precision)
+        if batch < 1:
+            raise ProfilingError(f"batch must be >= 1, got {batch}")
+        self.batch = batch
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    @abstractmethod
+    def fingerprint(self) -> Fingerprint: ...
+
+    @abstractmethod
+    def load(self, onnx_path: str | Path) -> Runner:
+        """Build a session/engine from an ONNX file with static shapes."""
+
+    def load_module(self, module: Any, example_inputs: Any) -> Runner:
+        raise ProfilingError(f"backend {self.name} loads ONNX files; only the torch backend loads nn.Modules")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.precision} batch={self.batch}>"
+
+
+# ---------------------------------------------------------------------------------------- ONNX Runtime
+class OrtRunner(Runner):
+    def __init__(self, session: Any, clock: Clock, seed: int = 0, device: str = "cpu") -> None:
+        self.session = session
+        self.clock = clock
+        self.device = device
+        self.inputs = [
+            TensorSpec(
+                i.name,
+                tuple(int(d) if isinstance(d, int) else 1 for d in i.shape),
+                _ONNX_TYPE_TO_NUMPY.get(i.type, "float32"),
+            )
+            for i in session.get_inputs()
+        ]
+        self.output_names = [o.name for o in session.get_outputs()]
+        self._binding: Any = None
+        self.set_inputs(None, seed)
+
+    def set_inputs(self, feeds: Feeds | None, seed: int = 0) -> None:
+        self.feeds = _ordered_feeds(self.inputs, feeds, seed)
+        if self.device == "cuda":
+            import onnxruntime as ort
+
+            # Inputs live on the GPU and outputs stay there, so a timed run is compute only.
+            binding = self.session.io_binding()
+            self._device_inputs = {
+                k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), "cuda", 0) for k, v in self.feeds.items()
+            }
+            for name, value in self._device_inputs.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in self.output_names:
+                binding.bind_output(name, "cuda")
+            self._binding = binding
+
+    def run(self, feeds: Feeds | None = None) -> list[np.ndarray]:
+        if feeds is not None:
+            self.set_inputs(feeds)
+        return [np.asarray(o) for o in self.session.run(None, self.feeds)]
+
+    def _step(self) -> None:
+        if self._binding is not None:
+            self.session.run_with_iobinding(self._binding)
+        else:
+            self.session.run(None, self.feeds)
+
+    def time(self, config: TimingConfig | None = None) -> LatencyStats:
+        return time_runs(self._step, config, self.clock)
+
+    def close(self) -> None:
+        self._binding = None
+        self.session = None
+
+
+class OrtCpuBackend(Backend):
+    """ONNX Runtime on CPU: fixed intra-op threads, sequential execution, all graph optimizations."""
+
+    name = "ort-cpu"
+
+    def __init__(self, threads: int | None = None, precision: str = "fp32", batch: int = 1) -> None:
+        super().__init__(precision, batch)
+        self.threads = threads if threads is not None else cpu_count()
+        if self.threads < 1:
+            raise ProfilingError(f"threads must be >= 1, got {self.threads}")
+
+    def version(self) -> str:
+        import onnxruntime as ort
+
+        return str(ort.__version__)
+
+    def fingerprint(self) -> Fingerprint:
+        return cpu_fingerprint(
+            self.name, self.version(), threads=self.threads, precision=self.precision, batch=self.batch
+        )
+
+    def session_options(self) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only: ORT warns about unused initializers on every load
+        return opts
+
+    def providers(self) -> list[Any]:
+        return ["CPUExecutionProvider"]
+
+    def _session(self, path: Path) -> Any:
+        import onnxruntime as ort
+
+        check_graph_precision(path, self.precision, self.name)
+        try:
+            return ort.InferenceSession(str(path), sess_options=self.session_options(), providers=self.providers())
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ProfilingError(f"{path}: ONNX Runtime cannot load it: {first_line}") from e
+
+    def load(self, onnx_path: str | Path) -> Runner:
+        path = check_onnx_path(onnx_path)
+        return OrtRunner(self._session(path), HostClock())
+
+
+class OrtCudaBackend(OrtCpuBackend):
+    """ONNX Runtime's CUDA execution provider on our own non-default stream, timed with CUDA events."""
+
+    name = "ort-cuda"
+
+    def __init__(self, device: int = 0, precision: str = "fp32", batch: int = 1, threads: int | None = None) -> None:
+        super().__init__(threads=threads or 1, precision=precision, batch=batch)
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailableError(
+                "backend ort-cuda needs the onnxruntime-gpu package and a CUDA GPU; "
+                f"this onnxruntime offers only {', '.join(ort.get_available_providers())}"
+            )
+        self.device = device
+        self._clock: CudaEventClock | None = None
+
+    def fingerprint(self) -> Fingerprint:
+        return cuda_fingerprint(
+            self.name, self.version(), device=self.device, precision=self.precision, batch=self.batch
+        )
+
+    def clock(self) -> CudaEventClock:
+        if self._clock is None:
+            self._clock = CudaEventClock()
+        return self._clock
+
+    def providers(self) -> list[Any]:
+        stream = self.clock().stream
+        return [
+            (
+                "CUDAExecutionProvider",
+                {
+                    "device_id": self.device,
+                    # ORT enqueues its kernels on our stream, so events on that stream bracket them.
+                    "user_compute_stream": str(stream.cuda_stream),
+                    "has_user_compute_stream": "1",
+                },
+            )
+        ]
+
+    def load(self, onnx_path: str | Path) -> Runner:
+        path = check_onnx_path(onnx_path)
+        session = self._session(path)
+        if "CUDAExecutionProvider" not in session.get_providers():
+            raise BackendUnavailableError(
+                f"{path}: ONNX Runtime could not start its CUDA provider on device {self.device}"
+            )
+        return OrtRunner(session, self.clock(), device="cuda")
+
+
+# ---------------------------------------------------------------------------------------------- torch
+def _flatten(obj: Any) -> list[Any]:
+    """Tensors of a nested output (tensor, list/tuple, dict in insertion order) in a flat list."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _flatten(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _flatten(v)]
+    return []
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    import torch
+
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class TorchRunner(Runner):
+    def __init__(self, module: Any, example_inputs: Sequence[Any], backend: TorchBackend) -> None:
+        import torch
+
+        self.backend = backend
+        self.device = torch.device(backend.device)
+        self.dtype = torch.float16 if backend.precision == "fp16" else torch.float32
+        module = copy.deepcopy(module).eval().to(self.device)
+        if backend.precision == "fp16":
+            module = module.half()
+        self.module = module
+        self._graph: Any = None
+        self._static_inputs = [self._to_device(t) for t in example_inputs]
+        self.inputs = [
+            TensorSpec(f"input_{i}", tuple(t.shape), str(t.dtype).removeprefix("torch."))
+            for i, t in enumerate(self._static_inputs)
+        ]
+        self.clock: Clock = CudaEventClock() if self.device.type == "cuda" else HostClock()
+
+    def _to_device(self, t: Any) -> Any:
+        import torch
+
+        t = torch.as_tensor(t).to(self.device)
+        return t.to(self.dtype) if t.is_floating_point() else t
+
+    def set_inputs(self, feeds: Feeds | None, seed: int = 0) -> None:
+        import torch
+
+        if feeds is None:
+            return
+        arrays = _ordered_feeds(self.inputs, feeds, seed)
+        for static, array in zip(self._static_inputs, arrays.values(), strict=True):
+            static.copy_(self._to_device(torch.from_numpy(np.ascontiguousarray(array))))  # in place: graphs read these
+
+    def _forward(self) -> Any:
+        return self.module(*self._static_inputs)
+
+    def run(self, feeds: Feeds | None = None) -> list[np.ndarray]:
+        import torch
+
+        self.set_inputs(feeds)
+        with _torch_threads(self.backend.threads), torch.inference_mode():
+            outputs = self._forward()
+            return [t.detach().float().cpu().numpy() for t in _flatten(outputs)]
+
+    def _capture_graph(self) -> Callable[[], object]:
+        """Capture one forward as a CUDA graph (warm-up on a side stream first, as torch documents)."""
+        import torch
+
+        assert isinstance(self.clock, CudaEventClock)
+        stream = self.clock.stream
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            self._graph_outputs = self._forward()
+        self._graph = graph
+        return graph.replay
+
+    def time(self, config: TimingConfig | None = None) -> LatencyStats:
+        import torch
+
+        with _torch_threads(self.backend.threads), torch.inference_mode():
+            step: Callable[[], object] = self._forward
+            if self.backend.cuda_graphs:
+                step = self._graph.replay if self._graph is not None else self._capture_graph()
+            return time_runs(step, config, self.clock)
+
+    def close(self) -> None:
+        self._graph = None
+        self.module = None
+
+
+class TorchBackend(Backend):
+    """PyTorch eager on CPU (fixed threads) or CUDA (events on a non-default stream, optional CUDA graphs)."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        threads: int | None = None,
+        cuda_graphs: bool = False,
+        precision: str = "fp32",
+        batch: int = 1,
+        cudnn_benchmark: bool = True,
+    ) -> None:
+        super().__init__(precision, batch)
+        import torch
+
+        if device not in ("cpu", "cuda"):
+            raise ProfilingError(f"torch backend device {device!r} is not one of cpu, cuda")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError("torch backend on cuda needs a CUDA GPU; torch sees none on this machine")
+        if cuda_graphs and device != "cuda":
+            raise ProfilingError("torch backend: cuda_graphs needs device='cuda'")
+        self.device = device
+        self.threads = (threads if threads is not None else cpu_count()) if device == "cpu" else None
+        self.cuda_graphs = cuda_graphs
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+
+    def version(self) -> str:
+        import torch
+
+        return str(torch.__version__).split("+")[0]
+
+    def fingerprint(self) -> Fingerprint:
+        name = "torch-cudagraph" if self.cuda_graphs else self.name
+        if self.device == "cuda":
+            return cuda_fingerprint(name, self.version(), precision=self.precision, batch=self.batch)
+        assert self.threads is not None
+        return cpu_fingerprint(name, self.version(), threads=self.threads, precision=self.precision, batch=self.batch)
+
+    def load(self, onnx_path: str | Path) -> Runner:
+        check_onnx_path(onnx_path)
+        raise ProfilingError(
+            f"{onnx_path}: the torch backend runs nn.Modules, not ONNX files; use load_module(module, example_inputs)"
+        )
+
+    def load_module(self, module: Any, example_inputs: Any) -> Runner:
+        import torch
+
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        return TorchRunner(module, tuple(example_inputs), self)
+
+
+# ------------------------------------------------------------------------------------------- registry
+def get_backend(name: str = DEFAULT_BACKEND, **opts: Any) -> Backend:
+    """A backend by name with its options (threads, precision, batch, device, cuda_graphs, ...)."""
+    opts = {k: v for k, v in opts.items() if v is not None}
+    cls: type[Backend]
+    if name == "ort-cpu":
+        cls = OrtCpuBackend
+    elif name == "ort-cuda":
+        cls = OrtCudaBackend
+    elif name == "torch":
+        cls = TorchBackend
+    elif name == "tensorrt":
+        from smnas_trt.profiling.tensorrt_backend import TensorRTBackend
+
+        cls = TensorRTBackend
+    else:
+        raise ProfilingError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(opts) - accepted)
+    if unknown:
+        raise ProfilingError(
+            f"backend {name} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}"
+        )
+    return cls(**opts)

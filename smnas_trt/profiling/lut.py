@@ -1,0 +1,421 @@
+"""The latency table (LUT): one SQLite file in WAL mode.
+
+Tables:
+- `meta`: key/value; `fingerprint` (JSON of the device fingerprint the table was measured on),
+  `fingerprint_key` (its short hash), `schema_version`, `created_at`.
+- `module_entries`: one row per module shape key (UNIQUE): kind, config JSON, stats, export info.
+- `model_entries`: one row per (canonical arch string, scope) (UNIQUE): arch id, stats, extras JSON.
+
+Every row carries the fingerprint key it was measured under. Each insert commits on its own, so
+an interrupted profiling run keeps every row it finished; re-running skips keys already present
+(`has`, `has_model`) and `INSERT OR IGNORE` makes a duplicate impossible even if it tried.
+
+Readers that pass the fingerprint they expect get ForeignDeviceError (naming both devices) when the
+table was measured elsewhere, unless `allow_foreign=True`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from smnas_trt.errors import ForeignDeviceError, ProfilingError
+from smnas_trt.fileio import atomic_write_text
+from smnas_trt.profiling.fingerprint import Fingerprint
+from smnas_trt.profiling.timing import LatencyStats
+
+SCHEMA_VERSION = 1
+SCOPES = ("network", "end2end")
+Scope = Literal["network", "end2end"]
+STAT_COLUMNS = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "n")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS module_entries (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    fingerprint_key TEXT NOT NULL,
+    {", ".join(f"{c} {'INTEGER' if c == 'n' else 'REAL'} NOT NULL" for c in STAT_COLUMNS)},
+    extra TEXT NOT NULL DEFAULT '{{}}',
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_entries (
+    id INTEGER PRIMARY KEY,
+    arch TEXT NOT NULL,
+    arch_id TEXT NOT NULL,
+    scope TEXT NOT NULL CHECK (scope IN ('network', 'end2end')),
+    fingerprint_key TEXT NOT NULL,
+    {", ".join(f"{c} {'INTEGER' if c == 'n' else 'REAL'} NOT NULL" for c in STAT_COLUMNS)},
+    extra TEXT NOT NULL DEFAULT '{{}}',
+    created_at TEXT NOT NULL,
+    UNIQUE (arch, scope)
+);
+CREATE INDEX IF NOT EXISTS model_entries_arch_id ON model_entries (arch_id);
+CREATE INDEX IF NOT EXISTS module_entries_kind ON module_entries (kind);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleRecord:
+    """One module entry: `key` is the shape key (module config + input shape), `config` its JSON fields."""
+
+    key: str
+    kind: str
+    config: dict[str, Any]
+    stats: LatencyStats
+    fingerprint_key: str
+    created_at: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median_ms(self) -> float:
+        return self.stats.median_ms
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """One whole-model entry: canonical arch string, its id, scope (`network`/`end2end`) and stats."""
+
+    arch: str
+    arch_id: str
+    scope: str
+    stats: LatencyStats
+    fingerprint_key: str
+    created_at: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median_ms(self) -> float:
+        return self.stats.median_ms
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _check_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise ProfilingError(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
+    return scope
+
+
+def canonical_arch(arch: Any) -> tuple[str, str]:
+    """(canonical string, id) of an Arch or an arch string; bad strings raise ArchError."""
+    from smnas_trt.space import parse
+
+    parsed = parse(arch) if isinstance(arch, str) else arch
+    return str(parsed), str(parsed.id)
+
+
+class LatencyTable:
+    """A LUT file. Open with `LatencyTable.create(...)` to write or `LatencyTable.open(...)` to read."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, fingerprint: Fingerprint, readonly: bool) -> None:
+        self.path = path
+        self._conn = conn
+        self.fingerprint = fingerprint
+        self.readonly = readonly
+
+    # ------------------------------------------------------------------------------------------ opening
+    @staticmethod
+    def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True) if readonly else sqlite3.connect(path)
+            conn.execute("PRAGMA busy_timeout=10000")
+            # Touch the schema: a non-SQLite file fails here, not at the first query.
+            conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise ProfilingError(f"{path}: not a readable latency table ({e})") from e
+        return conn
+
+    @staticmethod
+    def _read_fingerprint(path: Path, conn: sqlite3.Connection) -> Fingerprint | None:
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                return None
+            if not {"meta", "module_entries", "model_entries"} <= tables:
+                raise ProfilingError(f"{path}: an SQLite file but not a latency table (tables: {sorted(tables)})")
+            row = conn.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
+            version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise ProfilingError(f"{path}: not a readable latency table ({e})") from e
+        if row is None:
+            raise ProfilingError(f"{path}: latency table has no fingerprint in its meta table")
+        if version is not None and int(version[0]) > SCHEMA_VERSION:
+            raise ProfilingError(f"{path}: table schema {version[0]} is newer than this smnas ({SCHEMA_VERSION})")
+        try:
+            return Fingerprint.from_json(row[0])
+        except ProfilingError as e:
+            raise ProfilingError(f"{path}: {e}") from e
+
+    @staticmethod
+    def _check_device(path: Path, found: Fingerprint, expected: Fingerprint | None, allow_foreign: bool) -> None:
+        if expected is None or allow_foreign or found.key == expected.key:
+            return
+        raise ForeignDeviceError(
+            f"{path} was measured on {found.describe()}, not on this setup {expected.describe()}; "
+            "re-profile here or pass --allow-foreign-device"
+        )
+
+    @classmethod
+    def create(cls, path: str | Path, fingerprint: Fingerprint, *, allow_foreign: bool = False) -> LatencyTable:
+        """Open `path` for writing, creating it if missing. An existing table must share `fingerprint`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = cls._connect(path, readonly=False)
+        try:
+            found = cls._read_fingerprint(path, conn)
+        except ProfilingError:
+            conn.close()
+            raise
+        # WAL only once the file is known to be ours (or new): never switch someone else's database.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        if found is None:
+            with conn:
+                conn.executescript(_SCHEMA)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("fingerprint", fingerprint.to_json()),
+                        ("fingerprint_key", fingerprint.key),
+                        ("created_at", _now()),
+                    ],
+                )
+            found = fingerprint
+        else:
+            try:
+                cls._check_device(path, found, fingerprint, allow_foreign)
+            except ForeignDeviceError:
+                conn.close()
+                raise
+        table = cls(path, conn, found, readonly=False)
+        table._row_fingerprint = fingerprint.key
+        return table
+
+    @classmethod
+    def open(
+        cls, path: str | Path, fingerprint: Fingerprint | None = None, *, allow_foreign: bool = False
+    ) -> LatencyTable:
+        """Open an existing table read-only. With `fingerprint`, refuse a table measured on another setup."""
+        path = Path(path)
+        if not path.is_file():
+            raise ProfilingError(f"latency table not found: {path}")
+        conn = cls._connect(path, readonly=True)
+        found = cls._read_fingerprint(path, conn)
+        if found is None:
+            conn.close()
+            raise ProfilingError(f"{path}: an empty SQLite file, not a latency table")
+        try:
+            cls._check_device(path, found, fingerprint, allow_foreign)
+        except ForeignDeviceError:
+            conn.close()
+            raise
+        return cls(path, conn, found, readonly=True)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> LatencyTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ writing
+    _row_fingerprint: str = ""
+
+    def _insert(self, sql: str, values: tuple[Any, ...]) -> bool:
+        if self.readonly:
+            raise ProfilingError(f"{self.path}: opened read-only; use LatencyTable.create to write")
+        with self._conn:  # one transaction per row: an interrupted run keeps what it committed
+            cur = self._conn.execute(sql, values)
+        return cur.rowcount == 1
+
+    def put_module(
+        self, key: str, kind: str, config: dict[str, Any], stats: LatencyStats, extra: dict[str, Any] | None = None
+    ) -> bool:
+        """Add a module entry; returns False (and changes nothing) when `key` is already there."""
+        stat_values = tuple(getattr(stats, c) for c in STAT_COLUMNS)
+        return self._insert(
+            f"INSERT OR IGNORE INTO module_entries (key, kind, config, fingerprint_key, {', '.join(STAT_COLUMNS)}, "
+            f"extra, created_at) VALUES (?, ?, ?, ?, {', '.join('?' * len(STAT_COLUMNS))}, ?, ?)",
+            (
+                key,
+                kind,
+                json.dumps(config, sort_keys=True),
+                self._row_fingerprint or self.fingerprint.key,
+                *stat_values,
+                json.dumps(extra or {}, sort_keys=True),
+                _now(),
+            ),
+        )
+
+    def put_model(self, arch: Any, scope: str, stats: LatencyStats, extra: dict[str, Any] | None = None) -> bool:
+        """Add a whole-model entry for an Arch or arch string; False when (arch, scope) is already there."""
+        canonical, aid = canonical_arch(arch)
+        stat_values = tuple(getattr(stats, c) for c in STAT_COLUMNS)
+        return self._insert(
+            f"INSERT OR IGNORE INTO model_entries (arch, arch_id, scope, fingerprint_key, {', '.join(STAT_COLUMNS)}, "
+            f"extra, created_at) VALUES (?, ?, ?, ?, {', '.join('?' * len(STAT_COLUMNS))}, ?, ?)",
+            (
+                canonical,
+                aid,
+                _check_scope(scope),
+                self._row_fingerprint or self.fingerprint.key,
+                *stat_values,
+                json.dumps(extra or {}, sort_keys=True),
+                _now(),
+            ),
+        )
+
+    # ------------------------------------------------------------------------------------------ reading
+    def has(self, key: str) -> bool:
+        """Whether a module entry with this shape key exists."""
+        return self._conn.execute("SELECT 1 FROM module_entries WHERE key=?", (key,)).fetchone() is not None
+
+    def has_model(self, arch: Any, scope: str = "network") -> bool:
+        canonical, _ = canonical_arch(arch)
+        row = self._conn.execute(
+            "SELECT 1 FROM model_entries WHERE arch=? AND scope=?", (canonical, _check_scope(scope))
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
+    def _stats(row: sqlite3.Row) -> LatencyStats:
+        return LatencyStats(**{c: row[c] for c in STAT_COLUMNS})
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        cur = self._conn.cursor()
+        cur.row_factory = sqlite3.Row
+        return cur.execute(sql, params).fetchall()
+
+    def module(self, key: str) -> ModuleRecord | None:
+        rows = self._rows("SELECT * FROM module_entries WHERE key=?", (key,))
+        return self._module_record(rows[0]) if rows else None
+
+    def model(self, arch: Any, scope: str = "network") -> ModelRecord | None:
+        canonical, _ = canonical_arch(arch)
+        rows = self._rows("SELECT * FROM model_entries WHERE arch=? AND scope=?", (canonical, scope))
+        return self._model_record(rows[0]) if rows else None
+
+    def _module_record(self, row: sqlite3.Row) -> ModuleRecord:
+        return ModuleRecord(
+            key=row["key"],
+            kind=row["kind"],
+            config=json.loads(row["config"]),
+            stats=self._stats(row),
+            fingerprint_key=row["fingerprint_key"],
+            created_at=row["created_at"],
+            extra=json.loads(row["extra"]),
+        )
+
+    def _model_record(self, row: sqlite3.Row) -> ModelRecord:
+        return ModelRecord(
+            arch=row["arch"],
+            arch_id=row["arch_id"],
+            scope=row["scope"],
+            stats=self._stats(row),
+            fingerprint_key=row["fingerprint_key"],
+            created_at=row["created_at"],
+            extra=json.loads(row["extra"]),
+        )
+
+    def module_rows(self, kind: str | None = None) -> list[ModuleRecord]:
+        """All module entries (optionally one kind), in insertion order."""
+        if kind is None:
+            return [self._module_record(r) for r in self._rows("SELECT * FROM module_entries ORDER BY id")]
+        rows = self._rows("SELECT * FROM module_entries WHERE kind=? ORDER BY id", (kind,))
+        return [self._module_record(r) for r in rows]
+
+    def model_rows(self, scope: str | None = None) -> list[ModelRecord]:
+        """All whole-model entries (optionally one scope), in insertion order: the predictor's training set."""
+        if scope is None:
+            return [self._model_record(r) for r in self._rows("SELECT * FROM model_entries ORDER BY id")]
+        rows = self._rows("SELECT * FROM model_entries WHERE scope=? ORDER BY id", (_check_scope(scope),))
+        return [self._model_record(r) for r in rows]
+
+    def module_latencies(self) -> dict[str, float]:
+        """Shape key -> median ms, for LUT-sum features."""
+        return dict(self._conn.execute("SELECT key, median_ms FROM module_entries").fetchall())
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "modules": self._conn.execute("SELECT COUNT(*) FROM module_entries").fetchone()[0],
+            "models": self._conn.execute("SELECT COUNT(*) FROM model_entries").fetchone()[0],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Fingerprint, counts and median-latency ranges by module kind and by model scope."""
+
+        def groups(table: str, column: str) -> dict[str, dict[str, float | int]]:
+            rows = self._conn.execute(
+                f"SELECT {column}, COUNT(*), MIN(median_ms), MAX(median_ms), AVG(median_ms) "
+                f"FROM {table} GROUP BY {column} ORDER BY {column}"
+            ).fetchall()
+            return {r[0]: {"count": r[1], "min_ms": r[2], "max_ms": r[3], "mean_ms": r[4]} for r in rows}
+
+        return {
+            "path": str(self.path),
+            "fingerprint": self.fingerprint.to_dict(),
+            "device": self.fingerprint.describe(),
+            "counts": self.counts(),
+            "modules_by_kind": groups("module_entries", "kind"),
+            "models_by_scope": groups("model_entries", "scope"),
+        }
+
+    def export_csv(self, out: str | Path) -> int:
+        """Write every row (modules then models) to one CSV; returns the number of rows written."""
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["entry", "key", "kind_or_scope", "arch_id", *STAT_COLUMNS, "fingerprint_key", "config"])
+        n = 0
+        for m in self.module_rows():
+            writer.writerow(
+                ["module", m.key, m.kind, "", *(getattr(m.stats, c) for c in STAT_COLUMNS), m.fingerprint_key,
+                 json.dumps(m.config, sort_keys=True)]
+            )  # fmt: skip
+            n += 1
+        for r in self.model_rows():
+            writer.writerow(
+                ["model", r.arch, r.scope, r.arch_id, *(getattr(r.stats, c) for c in STAT_COLUMNS),
+                 r.fingerprint_key, json.dumps(r.extra, sort_keys=True)]
+            )  # fmt: skip
+            n += 1
+        atomic_write_text(out, buf.getvalue())
+        return n
+
+
+def open_table(
+    path: str | Path, fingerprint: Fingerprint | None = None, *, allow_foreign: bool = False
+) -> LatencyTable:
+    """Read-only LatencyTable; refuses a foreign fingerprint unless allow_foreign (see LatencyTable.open)."""
+    return LatencyTable.open(path, fingerprint, allow_foreign=allow_foreign)
+
+
+def read_model_records(
+    path: str | Path, fingerprint: Fingerprint | None = None, *, scope: str | None = None, allow_foreign: bool = False
+) -> list[ModelRecord]:
+    """Whole-model rows of a table, for training the latency predictor."""
+    with LatencyTable.open(path, fingerprint, allow_foreign=allow_foreign) as table:
+        return table.model_rows(scope)
+
+
+def read_module_records(
+    path: str | Path, fingerprint: Fingerprint | None = None, *, allow_foreign: bool = False
+) -> list[ModuleRecord]:
+    with LatencyTable.open(path, fingerprint, allow_foreign=allow_foreign) as table:
+        return table.module_rows()

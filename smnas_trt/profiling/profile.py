@@ -1,0 +1,320 @@
+"""`smnas profile-lut`: time module pieces and whole architectures of a space into a latency table.
+
+Flow: enumerate every module configuration the space produces at its input sizes (deduplicated by
+shape key; a stratified sample by kind above `max_modules`), sample `models` whole architectures
+spread over all structural combinations (or read them from an arch file), then for each item not
+yet in the table: export to ONNX (static shapes), load it on the backend, time it, commit the row.
+
+Each row commits on its own, so Ctrl-C (KeyboardInterrupt) stops between items and keeps every
+row timed so far; `resume=True` continues an existing table, skipping what it already holds.
+
+Where the pieces come from: `smnas_trt.models` provides `module_pieces(arch)` (module, example
+inputs, kind, shape key) and `network_body(model)` (the raw-tensor body). Both are passed in as
+functions here so the loop does not depend on how the builder splits a detector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from smnas_trt.errors import ArchError, ProfilingError, SmnasError
+from smnas_trt.profiling.backends import Backend, get_backend
+from smnas_trt.profiling.export import Exporter, export_onnx
+from smnas_trt.profiling.lut import LatencyTable
+from smnas_trt.profiling.timing import LatencyStats, TimingConfig
+
+DEFAULT_MAX_MODULES = 2000
+
+
+class Piece(Protocol):
+    """A module configuration to time: what `smnas_trt.models.module_pieces` returns (ModulePiece)."""
+
+    kind: str  # stem, stage, neck, head, rpn, roi
+    key: str  # shape key: identical key <=> identical computation at identical input shapes
+    module: Any  # torch.nn.Module
+    inputs: tuple[Any, ...]  # example input tensors (batch 1)
+
+
+def piece_config(piece: Piece) -> dict[str, Any]:
+    """The JSON stored with a module row: the piece's own `config` if it has one, plus its shapes."""
+    config = dict(getattr(piece, "config", None) or {})
+    config.setdefault("name", getattr(piece, "name", piece.kind))
+    config.setdefault("input_shapes", [list(t.shape) for t in piece.inputs])
+    outputs = getattr(piece, "output_shapes", None)
+    if outputs:
+        config.setdefault("output_shapes", [list(s) for s in outputs])
+    return config
+
+
+@dataclass(frozen=True, slots=True)
+class ModelItem:
+    arch: Any  # smnas_trt.space.Arch
+    scope: str = "network"
+
+
+@dataclass
+class ProfileReport:
+    out: str
+    modules_total: int = 0  # distinct module configurations of the space (after dedup)
+    modules_selected: int = 0  # after the stratified sample
+    modules_timed: int = 0
+    modules_skipped: int = 0  # already in the table (resume)
+    models_timed: int = 0
+    models_skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+    bad_lines: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+
+
+# --------------------------------------------------------------------------------------- selection
+def read_arch_file(path: str | Path, space: Any | None = None) -> tuple[list[Any], list[str]]:
+    """Architectures listed one per line (blank lines and `#` comments skipped).
+
+    Returns (archs, bad_lines); a bad line is reported as "FILE:LINE: message" and the rest are kept.
+    With a space, each arch must also belong to it.
+    """
+    from smnas_trt.space import parse
+
+    path = Path(path)
+    if not path.is_file():
+        raise ProfilingError(f"arch file not found: {path}")
+    archs: list[Any] = []
+    bad: list[str] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            arch = space.parse(text) if space is not None else parse(text)
+        except (ArchError, SmnasError) as e:
+            bad.append(f"{path}:{number}: {e}")
+            continue
+        if str(arch) not in seen:
+            seen.add(str(arch))
+            archs.append(arch)
+    return archs, bad
+
+
+def structure_of(arch: Any) -> tuple[str, str, str, str]:
+    from smnas_trt.space import family_name, head_name, neck_name
+
+    return (str(arch.size), family_name(arch.backbone), neck_name(arch.neck), head_name(arch.head))
+
+
+def sample_models(space: Any, n: int, seed: int = 0, max_tries: int = 2000) -> list[Any]:
+    """`n` distinct architectures spread over every structural combination in turn (shuffled order),
+    each with random module genes; a combination that random sampling misses gets its standard genes."""
+    rng = random.Random(seed)
+    structures = list(space.structures)
+    rng.shuffle(structures)
+    chosen: list[Any] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(chosen) < n and attempts < n * 50:
+        target = structures[attempts % len(structures)]
+        attempts += 1
+        wanted = (str(target[0]), *target[1:])
+        arch = None
+        for _ in range(max_tries):
+            candidate = space.sample_arch(rng)
+            if structure_of(candidate) == wanted and str(candidate) not in seen:
+                arch = candidate
+                break
+        if arch is None:
+            arch = space.structure_arch(*target)
+            if str(arch) in seen:
+                continue
+        seen.add(str(arch))
+        chosen.append(arch)
+    return chosen
+
+
+def stratified_sample(pieces: Sequence[Piece], k: int, seed: int = 0) -> list[Piece]:
+    """At most `k` pieces, each kind kept in proportion to its share (at least one per kind)."""
+    if len(pieces) <= k:
+        return list(pieces)
+    rng = random.Random(seed)
+    by_kind: dict[str, list[Piece]] = {}
+    for p in pieces:
+        by_kind.setdefault(p.kind, []).append(p)
+    quotas = {kind: max(1, round(k * len(items) / len(pieces))) for kind, items in by_kind.items()}
+    # Trim rounding overshoot from the largest strata first.
+    while sum(quotas.values()) > k and any(q > 1 for q in quotas.values()):
+        biggest = max(quotas, key=lambda kind: quotas[kind])
+        quotas[biggest] -= 1
+    picked: list[Piece] = []
+    for kind, items in by_kind.items():
+        picked.extend(rng.sample(items, min(quotas[kind], len(items))))
+    return picked
+
+
+def dedup_pieces(pieces: Iterable[Piece]) -> list[Piece]:
+    out: dict[str, Piece] = {}
+    for p in pieces:
+        out.setdefault(p.key, p)
+    return list(out.values())
+
+
+# ------------------------------------------------------------------------------------------ timing
+def _onnx_name(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:16] + ".onnx"
+
+
+def batched(inputs: tuple[Any, ...], batch: int) -> tuple[Any, ...]:
+    """Example inputs (batch 1) repeated to `batch` along dim 0."""
+    if batch == 1:
+        return inputs
+    return tuple(t.repeat(batch, *([1] * (t.dim() - 1))) for t in inputs)
+
+
+def time_module(
+    backend: Backend,
+    module: Any,
+    inputs: tuple[Any, ...],
+    work_dir: Path,
+    name: str,
+    timing: TimingConfig,
+    exporter: Exporter = "dynamo",
+) -> tuple[LatencyStats, dict[str, Any]]:
+    """Time one module on `backend`: directly for torch, through a checked ONNX export otherwise."""
+    inputs = batched(inputs, backend.batch)
+    if backend.name == "torch":
+        with backend.load_module(module, inputs) as runner:
+            return runner.time(timing), {"exporter": "none"}
+    path = work_dir / _onnx_name(f"{exporter}:{name}")
+    info = export_onnx(module, inputs, path, exporter=exporter, precision=backend.precision)
+    with backend.load(path) as runner:
+        stats = runner.time(timing)
+    return stats, {"exporter": info.exporter, "opset": info.opset, "onnx_sha256": info.sha256}
+
+
+ProgressFn = Callable[[str], None]
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return text if isinstance(e, SmnasError) else f"{type(e).__name__}: {text}"[:300]
+
+
+def profile_lut(
+    *,
+    space: Any,
+    out: str | Path,
+    module_pieces: Callable[[Any], Iterable[Piece]] | None,
+    network_body: Callable[[Any], tuple[Any, tuple[Any, ...]]] | None,
+    end2end: Callable[[Any], tuple[Any, tuple[Any, ...]]] | None = None,
+    backend_name: str = "ort-cpu",
+    backend_opts: dict[str, Any] | None = None,
+    models: int = 300,
+    archs: Sequence[Any] | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    max_modules: int = DEFAULT_MAX_MODULES,
+    all_structures: bool = True,
+    timing: TimingConfig | None = None,
+    work_dir: str | Path | None = None,
+    on_plan: Callable[[int], None] | None = None,
+    on_item: ProgressFn | None = None,
+) -> ProfileReport:
+    """Profile a space into the table at `out`. See the module docstring for the flow.
+
+    `module_pieces(arch)` yields the pieces of one arch; `network_body(arch)` returns (body module,
+    example inputs); `end2end(arch)` likewise for the full detector (exported with the legacy
+    exporter, `end2end` scope). Any may be None to skip that part. `on_plan(total)` is called once with the
+    number of items to time, `on_item(label)` after each. `all_structures=False` limits module
+    pieces to those of the whole models being timed (benchmarks, quick checks).
+    """
+    out = Path(out)
+    if out.exists() and not resume:
+        raise ProfilingError(f"{out} exists; pass --resume to continue it, or choose another --out")
+    timing = timing or TimingConfig()
+    backend = get_backend(backend_name, **(backend_opts or {}))
+    report = ProfileReport(out=str(out))
+    t0 = time.perf_counter()
+
+    model_archs = list(archs) if archs is not None else sample_models(space, models, seed)
+    pieces: list[Piece] = []
+    if module_pieces is not None:
+        structures = list(space.iter_structures()) if all_structures else []
+        # Every module configuration the space produces: standard genes of each structure plus the
+        # sampled whole models (which carry the module genes the search will visit).
+        pieces = dedup_pieces(p for arch in [*structures, *model_archs] for p in module_pieces(arch))
+        report.modules_total = len(pieces)
+        if len(pieces) > max_modules:
+            pieces = stratified_sample(pieces, max_modules, seed)
+            report.messages.append(
+                f"{report.modules_total} module configurations exceed --max-modules {max_modules}: "
+                f"profiling a stratified sample of {len(pieces)} (by kind, at least one of each)"
+            )
+        report.modules_selected = len(pieces)
+
+    with LatencyTable.create(out, backend.fingerprint()) as table, tempfile.TemporaryDirectory() as tmp:
+        onnx_dir = Path(work_dir) if work_dir is not None else Path(tmp)
+        onnx_dir.mkdir(parents=True, exist_ok=True)
+        todo_pieces = [p for p in pieces if not table.has(p.key)]
+        report.modules_skipped = len(pieces) - len(todo_pieces)
+        hooks = [(scope, fn) for scope, fn in (("network", network_body), ("end2end", end2end)) if fn is not None]
+        todo_models = [(a, scope, fn) for scope, fn in hooks for a in model_archs if not table.has_model(a, scope)]
+        report.models_skipped = len(model_archs) * len(hooks) - len(todo_models)
+        if on_plan is not None:
+            on_plan(len(todo_pieces) + len(todo_models))
+        try:
+            for piece in todo_pieces:
+                try:
+                    stats, extra = time_module(backend, piece.module, piece.inputs, onnx_dir, piece.key, timing)
+                    table.put_module(piece.key, piece.kind, piece_config(piece), stats, extra)
+                    report.modules_timed += 1
+                except Exception as e:  # one bad piece must not end a long run; it is reported
+                    report.failures.append(f"module {piece.key}: {_one_line(e)}")
+                if on_item is not None:
+                    on_item(f"{piece.kind} {piece.key}")
+            for arch, scope, build in todo_models:
+                try:
+                    module, inputs = build(arch)
+                    exporter: Exporter = "dynamo" if scope == "network" else "legacy"
+                    stats, extra = time_module(backend, module, inputs, onnx_dir, str(arch), timing, exporter)
+                    table.put_model(arch, scope, stats, extra)
+                    report.models_timed += 1
+                except Exception as e:
+                    report.failures.append(f"model {arch} ({scope}): {_one_line(e)}")
+                if on_item is not None:
+                    on_item(f"{scope} {arch}")
+        except KeyboardInterrupt:
+            report.interrupted = True
+    report.elapsed_s = time.perf_counter() - t0
+    return report
+
+
+def default_hooks(
+    num_classes: int = 81,
+) -> tuple[Callable[[Any], Iterable[Piece]], Callable[[Any], Any], Callable[[Any], Any]]:
+    """(module_pieces, network_body, end2end) for real detectors built by `smnas_trt.models`."""
+    import torch
+
+    from smnas_trt.models import build_detector
+    from smnas_trt.models.body import body_input_shape, module_pieces, network_body
+
+    def pieces_of(arch: Any) -> list[Any]:
+        return module_pieces(arch, num_classes=num_classes)
+
+    def body_of(arch: Any) -> tuple[Any, tuple[Any, ...]]:
+        body = network_body(build_detector(arch, num_classes), arch)
+        return body, (torch.rand(body_input_shape(arch)),)
+
+    def end2end_of(arch: Any) -> tuple[Any, tuple[Any, ...]]:
+        from smnas_trt.profiling.export import End2End
+
+        detector = build_detector(arch, num_classes)
+        return End2End(detector), (torch.rand(3, arch.size.height, arch.size.width),)
+
+    return pieces_of, body_of, end2end_of

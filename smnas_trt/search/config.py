@@ -1,0 +1,269 @@
+"""Search configs: YAML validated with pydantic; unknown fields are errors, each reported on one line.
+
+Paths in the YAML are relative to the working directory; `load_search_config` resolves them to
+absolute paths, and that resolved form is what a run directory freezes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from smnas_trt.errors import ConfigError
+from smnas_trt.space import MUTATIONS
+from smnas_trt.space.config import CONFIG_DIR, pydantic_error_line
+
+BUILTIN_SEARCH_CONFIGS = {"demo": CONFIG_DIR / "search_demo.yaml"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LatencyConfig(_Strict):
+    """What "fast" means: a budget on one backend, and where the timings and predictor live."""
+
+    budget_ms: float = Field(gt=0, description="Latency budget in ms on `backend` at `scope`.")
+    backend: str = "ort-cpu"
+    scope: Literal["network", "end2end"] = "network"
+    precision: Literal["fp32", "fp16"] = "fp32"
+    batch: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1, description="Intra-op threads for CPU timing (default: backend's).")
+    device: str | None = Field(None, description="Device for the timing backend, e.g. cuda:0 (default: backend's).")
+    num_classes: int | None = Field(None, ge=2, description="Classes incl. background the heads are timed with; "
+                                    "must match the table (default: the profiler's, 81 as COCO).")
+    lut: str = Field(description="Latency table (SQLite) from `smnas profile-lut`; copied into the run.")
+    predictor: str | None = Field(None, description="A fitted predictor folder; fitted from `lut` when omitted.")
+    refit: bool = Field(True, description="Refit the predictor on the new timings after every generation.")
+    predictor_fit: dict[str, Any] = Field(default_factory=dict, description="FitConfig fields for fitting the "
+                                          "predictor here (rounds, folds, max_depth, ...).")
+    timing: dict[str, float] = Field(default_factory=dict, description="TimingConfig fields: warmup_runs, "
+                                     "warmup_s, min_runs, max_runs, budget_s (default: the profiler's).")
+    allow_foreign_device: bool = False
+
+
+    @field_validator("predictor_fit")
+    @classmethod
+    def _fit_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from dataclasses import fields
+
+        from smnas_trt.predictors.predictor import FitConfig
+
+        allowed = sorted(f.name for f in fields(FitConfig))
+        for key in v:
+            if key not in allowed:
+                raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed)}")
+        return v
+
+    @field_validator("timing")
+    @classmethod
+    def _timing_fields(cls, v: dict[str, float]) -> dict[str, float]:
+        from dataclasses import fields
+
+        from smnas_trt.profiling.timing import TimingConfig
+
+        allowed = sorted(f.name for f in fields(TimingConfig))
+        for key in v:
+            if key not in allowed:
+                raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed)}")
+        return v
+
+
+class StageConfig(_Strict):
+    generations: int = Field(1, ge=0)
+    train: int = Field(4, ge=1, description="Candidates trained per generation.")
+    epochs: int = Field(1, ge=1, description="Training epochs of each candidate.")
+
+
+class ModularStageConfig(StageConfig):
+    population: int = Field(6, ge=1, description="Parents kept by non-dominated sorting + crowding distance.")
+    mutation_rates: dict[str, float] = Field(default_factory=dict, description="Relative rate per mutation operator.")
+
+    @field_validator("mutation_rates")
+    @classmethod
+    def _known_ops(cls, v: dict[str, float]) -> dict[str, float]:
+        for op, rate in v.items():
+            if op not in MUTATIONS:
+                raise ValueError(f"unknown operator {op!r}; allowed: {', '.join(MUTATIONS)}")
+            if rate < 0:
+                raise ValueError(f"{op}: rate must be >= 0, got {rate}")
+        if v and not any(r > 0 for r in v.values()) and len(v) == len(MUTATIONS):
+            raise ValueError("at least one operator needs a positive rate")
+        return v
+
+
+class GateConfig(_Strict):
+    """The predictor gate: screen many children, train the most promising few."""
+
+    enabled: bool = True
+    oversampling: int = Field(50, ge=1, description="Children screened per candidate trained.")
+    safety: float = Field(0.0, ge=0, description="Reject when predicted + safety * uncertainty > budget "
+                          "(uncertainty: half-width of the predictor's 90% interval; raise it when confirm is off).")
+    confirm: bool = Field(True, description="Time each kept candidate on the real backend before training it.")
+    max_confirm_factor: float = Field(2.0, ge=1, description="At most this many timings per training slot.")
+
+
+class EvaluationConfig(_Strict):
+    split: str = "val"
+    max_images: int | None = Field(None, ge=1, description="Score on the first N images only (quick runs).")
+    batch_size: int = Field(8, ge=1)
+
+
+class ExecutorConfig(_Strict):
+    kind: Literal["inprocess", "ray"] = "inprocess"
+    address: str | None = Field(None, description="Ray cluster address; a local cluster is started when omitted.")
+    cpus_per_task: float = Field(1, gt=0)
+    gpus_per_task: float | Literal["auto"] = "auto"
+    max_parallel: int | None = Field(None, ge=1, description="Trainings in flight at once (default: cluster slots).")
+
+
+class SearchConfig(_Strict):
+    name: str = "search"
+    space: str = Field("demo", description="Space YAML path or built-in name (demo, paper).")
+    data: str = Field(description="COCO-format dataset folder (e.g. from `smnas data demo`).")
+    seed: int = 0
+    strategy: Literal["smnas", "random"] = Field(
+        "smnas", description="smnas: structural then modular evolution; random: uniform archs every generation.")
+    latency: LatencyConfig
+    training: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides (lr, batch_size...).")
+    evaluation: EvaluationConfig = EvaluationConfig.model_validate({})
+    structural: StageConfig = StageConfig.model_validate({})
+    modular: ModularStageConfig = ModularStageConfig.model_validate({})
+    gate: GateConfig = GateConfig.model_validate({})
+    executor: ExecutorConfig = ExecutorConfig.model_validate({})
+    device: str = Field("auto", description="Training device: auto (cuda if the worker has a GPU), cpu, cuda:0.")
+    threads: int | None = Field(None, ge=1, description="Torch threads for in-process training.")
+
+    @field_validator("training")
+    @classmethod
+    def _training_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from dataclasses import fields
+
+        from smnas_trt.training.trainer import TrainConfig
+
+        owned = {"epochs", "input_size", "seed", "device", "threads", "progress"}
+        allowed = sorted({f.name for f in fields(TrainConfig)} - owned)
+        for key in v:
+            if key in owned:
+                raise ValueError(f"{key} is set by the search (per stage or per candidate), not here")
+            if key not in allowed:
+                raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed)}")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> SearchConfig:
+        if self.structural.generations + self.modular.generations == 0:
+            raise ValueError("structural.generations + modular.generations must be at least 1")
+        if self.strategy == "smnas" and self.modular.generations and not self.structural.generations:
+            raise ValueError("modular.generations needs parents: set structural.generations >= 1")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def frozen_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def identity_dict(self) -> dict[str, Any]:
+        """The fields that define a run's results: everything but where it executes."""
+        d = self.frozen_dict()
+        d.pop("executor")
+        return d
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON of the identity fields: what makes two runs the same run."""
+        return hashlib.sha256(json.dumps(self.identity_dict(), sort_keys=True).encode()).hexdigest()
+
+    def with_executor(self, executor: ExecutorConfig) -> SearchConfig:
+        return self.model_copy(update={"executor": executor})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.frozen_dict(), sort_keys=False)
+
+    def stage_plan(self) -> list[tuple[str, int]]:
+        """(stage, epochs) of every generation, in order."""
+        if self.strategy == "random":
+            total = self.structural.generations + self.modular.generations
+            return [("random", self.structural.epochs)] * total
+        return ([("structural", self.structural.epochs)] * self.structural.generations
+                + [("modular", self.modular.epochs)] * self.modular.generations)
+
+    def train_per_generation(self, stage: str) -> int:
+        return self.modular.train if stage == "modular" else self.structural.train
+
+
+def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the path fields absolute so a frozen config means the same files from any directory."""
+    out = dict(raw)
+
+    def fix(value: Any) -> Any:
+        return str((base / value).resolve()) if isinstance(value, str) and value else value
+
+    if "data" in out:
+        out["data"] = fix(out["data"])
+    space = out.get("space")
+    if isinstance(space, str) and (space.endswith((".yaml", ".yml")) or "/" in space):
+        out["space"] = fix(space)
+    lat = out.get("latency")
+    if isinstance(lat, dict):
+        lat = dict(lat)
+        for key in ("lut", "predictor"):
+            if lat.get(key):
+                lat[key] = fix(lat[key])
+        out["latency"] = lat
+    return out
+
+
+def parse_search_config(raw: Any, source: str = "config", base: Path | None = None) -> SearchConfig:
+    """Validate a mapping (e.g. loaded YAML); raise ConfigError with one line naming the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of fields at the top level")
+    try:
+        return SearchConfig.model_validate(_resolve(raw, base or Path.cwd()))
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {pydantic_error_line(e)}") from None
+
+
+def load_search_config(path_or_name: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """Load a search config from YAML (or the built-in `demo`), apply dotted overrides, validate."""
+    path = BUILTIN_SEARCH_CONFIGS.get(str(path_or_name), Path(path_or_name))
+    if not path.is_file():
+        raise ConfigError(f"config: no such file {str(path)!r}; give a YAML path or one of: "
+                          f"{', '.join(BUILTIN_SEARCH_CONFIGS)}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if isinstance(raw, dict) and overrides:
+        raw = apply_overrides(raw, overrides)
+    return parse_search_config(raw, str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`{"latency.budget_ms": 20}` style overrides on a nested mapping (copied, not mutated)."""
+    out = json.loads(json.dumps(raw))
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {key} is not a section")
+        node[leaf] = value
+    return out
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two frozen configs."""
+    diffs: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        name = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += config_differences(va, vb, name + ".")
+        elif va != vb:
+            diffs.append(name)
+    return diffs

@@ -1,0 +1,106 @@
+"""The search's narrow links to the rest of the toolkit: train+evaluate one candidate, time one
+candidate on the real backend, and the latency table / predictor calls.
+
+Jobs and outcomes are small frozen dataclasses of plain values so that a Ray worker can run
+`train_candidate` / `time_candidate` anywhere the package is installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CANDIDATE_DIR = "candidates"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    arch_id: str
+    arch: str
+    data_dir: str
+    out_dir: str  # the candidate's folder in the run directory: last.pt, metrics.json, eval.json
+    epochs: int
+    seed: int
+    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
+    eval_split: str = "val"
+    eval_max_images: int | None = None
+    eval_batch_size: int = 8
+    device: str = "auto"
+    threads: int | None = None
+    resume: bool = False  # continue from out_dir/last.pt when it exists (a candidate left in training)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    arch_id: str
+    ap: float
+    ap50: float
+    metrics: dict[str, float]
+    train_seconds: float
+    epochs: int
+    checkpoint: str  # absolute path of the final checkpoint
+    worker: str = ""  # host:pid of the process that trained it
+
+
+@dataclass(frozen=True)
+class TimeJob:
+    arch_id: str
+    arch: str
+    backend: str
+    scope: str
+    precision: str
+    batch: int
+    threads: int | None
+    device: str | None
+    work_dir: str  # where the exported graph goes
+    timing: dict[str, Any] = field(default_factory=dict)  # TimingConfig fields (warm-up, runs, budget)
+    num_classes: int | None = None  # classes incl. background the heads are timed with (None: the table's 81)
+
+
+@dataclass(frozen=True)
+class TimeOutcome:
+    arch_id: str
+    ms: float  # the median, the figure the search uses
+    stats: dict[str, Any]  # p10/p90/std/n and whatever else the backend reports
+    record: Any = None  # the profiling layer's row, added to the run's latency table by the driver
+
+
+def candidate_seed(seed: int, arch_id: str) -> int:
+    """A per-candidate training seed: the same arch in the same run always starts from the same weights."""
+    return (seed * 1_000_003 + int(arch_id[:8], 16)) % 2**31
+
+
+def train_candidate(job: TrainJob) -> TrainOutcome:
+    """Build the detector, train it from scratch for `job.epochs`, evaluate it with COCO AP."""
+    import torch
+
+    from smnas_trt.training import TrainConfig, evaluate_checkpoint, train_arch
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    # auto: the GPU Ray assigned to this task (CUDA_VISIBLE_DEVICES), or this machine's, else the CPU.
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if job.device == "auto" else job.device
+    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **job.training, "epochs": job.epochs,
+                                    "seed": job.seed, "device": device, "threads": job.threads,
+                                    "progress": False})
+    torch.manual_seed(job.seed)  # the initial weights: the builder draws them before the trainer seeds
+    out = Path(job.out_dir)
+    result = train_arch(job.arch, job.data_dir, out, config, resume=job.resume)
+    metrics = evaluate_checkpoint(result.checkpoint, job.data_dir, split=job.eval_split, out_json=out / "eval.json",
+                                  batch_size=job.eval_batch_size, device=device, max_images=job.eval_max_images)
+    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+    # COCOeval reports -1 where a metric is undefined (no detections at all): that is no accuracy.
+    return TrainOutcome(job.arch_id, max(clean.get("AP", 0.0), 0.0), max(clean.get("AP50", 0.0), 0.0), clean,
+                        float(result.train_seconds), int(result.epochs), str(result.checkpoint),
+                        f"{socket.gethostname()}:{os.getpid()}")
+
+
+def time_candidate(job: TimeJob) -> TimeOutcome:
+    """Export the arch and time it on the real backend (weights do not change latency)."""
+    from smnas_trt.search.latency import time_arch
+
+    return time_arch(job)

@@ -1,0 +1,336 @@
+"""From-scratch detector training: AdamW or SGD, linear warmup then cosine or step decay.
+
+The model is any torchvision-contract detector (train mode: ``model(images, targets) -> losses``;
+eval mode: ``model(images) -> [{boxes, scores, labels}]``). A checkpoint (model, optimizer,
+scheduler, scaler, epoch, history, config, meta) is written atomically to ``OUT/last.pt`` after
+every epoch, with the history in ``OUT/metrics.json``; ``resume=True`` continues from it. Each
+epoch reseeds the shuffle/flip RNGs from ``seed + epoch``, so a resumed run sees the same batches
+as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from smnas_trt.data.coco import CocoDetection, build_loader
+from smnas_trt.errors import ConfigError, SmnasError
+from smnas_trt.fileio import atomic_path, atomic_write_json
+from smnas_trt.training.evaluate import evaluate
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "smnas-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "last.pt"
+
+
+class TrainingError(SmnasError):
+    """Training diverged, or a checkpoint does not match the run."""
+
+
+@dataclass
+class TrainConfig:
+    """Recipe for a from-scratch run. `input_size` is (width, height), normally the arch's size."""
+
+    epochs: int = 12
+    batch_size: int = 16
+    input_size: tuple[int, int] = (128, 128)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # SGD only
+    schedule: Literal["cosine", "step"] = "cosine"
+    step_milestones: tuple[float, ...] = (0.67, 0.89)  # shares of all iterations (step schedule)
+    step_gamma: float = 0.1
+    warmup_iters: int = 100
+    warmup_factor: float = 0.01
+    min_lr_ratio: float = 0.01  # cosine floor, as a share of lr
+    grad_clip: float = 10.0  # max gradient norm; 0 disables
+    amp: bool = True  # mixed precision, used on CUDA only
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's choice
+    workers: int = 0
+    eval_every: int = 0  # evaluate on eval_split every N epochs (0: never during training)
+    eval_split: str = "val"
+    eval_max_images: int | None = None
+    train_split: str = "train"
+    hflip: bool = True  # random horizontal flips of training images
+    cache_images: bool | None = None  # keep decoded, resized images in memory; None: when under 2 GiB
+    max_train_images: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        self.step_milestones = tuple(float(m) for m in self.step_milestones)
+        checks = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+            "optimizer": self.optimizer in ("adamw", "sgd"), "schedule": self.schedule in ("cosine", "step"),
+            "warmup_iters": self.warmup_iters >= 0, "weight_decay": self.weight_decay >= 0,
+            "input_size": min(self.input_size) >= 1, "workers": self.workers >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"train config: bad {name} = {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["step_milestones"] = list(self.step_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    epochs: int  # epochs completed
+    checkpoint: Path
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    train_seconds: float = 0.0  # optimisation time over all epochs (evaluation excluded)
+    metrics: dict[str, float] | None = None  # the latest evaluation, if any
+
+
+def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr at iteration `it` of `total`: linear warmup, then cosine or step."""
+    warm = 1.0
+    if it < cfg.warmup_iters:
+        alpha = it / max(1, cfg.warmup_iters)
+        warm = cfg.warmup_factor * (1 - alpha) + alpha
+    if cfg.schedule == "cosine":
+        progress = min(1.0, max(0.0, (it - cfg.warmup_iters) / max(1, total - cfg.warmup_iters)))
+        decay = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    else:
+        decay = cfg.step_gamma ** sum(it >= m * total for m in cfg.step_milestones)
+    return warm * decay
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on norm weights and biases (1-d parameters): decaying them only hurts.
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+CACHE_LIMIT_BYTES = 2 << 30
+
+
+def _want_cache(cfg: TrainConfig, n_images: int) -> bool:
+    if cfg.workers > 0:
+        return False  # loader workers restart each epoch and would refill their own copies
+    if cfg.cache_images is not None:
+        return cfg.cache_images
+    return n_images * cfg.input_size[0] * cfg.input_size[1] * 3 <= CACHE_LIMIT_BYTES
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train_detector` (tensors and plain Python only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise TrainingError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:120]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path} is not an smnas checkpoint")
+    return ckpt
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train_detector(
+    model: torch.nn.Module,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    meta: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train `model` on ``data_dir``'s train split; checkpoint every epoch to ``out_dir/last.pt``.
+
+    `meta` (plain JSON-able values, e.g. ``{"arch": ..., "num_classes": ...}``) is stored in the
+    checkpoint; ``num_categories`` and ``label_to_cat`` of the dataset are added to it. With
+    `resume`, an existing checkpoint is loaded and training continues after its last epoch (a
+    finished run returns at once). `on_epoch` receives each epoch's history record.
+    """
+    cfg = config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train config: device {cfg.device!r} requested but CUDA is not available")
+    if cfg.threads and device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+
+    dataset = CocoDetection(data_dir, cfg.train_split, cfg.input_size, train=True, hflip=cfg.hflip,
+                           max_images=cfg.max_train_images)
+    dataset.cache = _want_cache(cfg, len(dataset))
+    loader = build_loader(None, cfg.train_split, cfg.input_size, cfg.batch_size, train=True,
+                          workers=cfg.workers, seed=cfg.seed, dataset=dataset)
+    eval_set = None
+    if cfg.eval_every:
+        eval_set = CocoDetection(data_dir, cfg.eval_split, cfg.input_size, train=False,
+                                 max_images=cfg.eval_max_images)
+        eval_set.cache = _want_cache(cfg, len(eval_set))
+    meta = dict(meta or {})
+    meta.update(num_categories=dataset.num_categories, label_to_cat=dataset.label_to_cat,
+                class_names=dataset.class_names, input_size=list(cfg.input_size))
+
+    model.to(device)
+    optimizer = build_optimizer(model, cfg)
+    iters_per_epoch = len(loader)
+    total_iters = iters_per_epoch * cfg.epochs
+    scheduler = LambdaLR(optimizer, lambda it: lr_factor(it, total_iters, cfg))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch = 0
+    history: list[dict[str, Any]] = []
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("iters_per_epoch") != iters_per_epoch or ckpt.get("total_iters") != total_iters:
+            raise TrainingError(f"{ckpt_path} was written by a run with another dataset size, batch size or "
+                                f"epoch count ({ckpt.get('total_iters')} vs {total_iters} iterations)")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = int(ckpt["epoch"])
+        history = list(ckpt["history"])
+        log.info("resuming %s after epoch %d", ckpt_path, start_epoch)
+
+    train_seconds = sum(float(h["seconds"]) for h in history)
+    progress = _Progress(cfg.progress, total_iters, start_epoch * iters_per_epoch)
+    with progress:
+        for epoch in range(start_epoch, cfg.epochs):
+            # Per-epoch seeds: shuffle order and flips depend only on (seed, epoch).
+            torch.manual_seed(cfg.seed + 1000 + epoch)
+            assert loader.generator is not None
+            loader.generator.manual_seed(cfg.seed + epoch)
+            model.train()
+            loss_sum: dict[str, float] = {}
+            n_images = 0
+            start = time.perf_counter()
+            cpu_start = time.process_time()
+            for images, targets in loader:
+                images = [im.to(device, non_blocking=True) for im in images]
+                targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    losses = model(images, targets)
+                loss = sum(losses.values())
+                assert isinstance(loss, torch.Tensor)
+                if not torch.isfinite(loss):
+                    parts = {k: round(float(v), 4) for k, v in losses.items()}
+                    raise TrainingError(f"loss is not finite at epoch {epoch + 1} ({parts}); lower --lr or raise "
+                                        f"warmup_iters")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                n_images += len(images)
+                loss_value = float(loss.detach())
+                for k, v in losses.items():
+                    loss_sum[k] = loss_sum.get(k, 0.0) + float(v.detach()) * len(images)
+                loss_sum["loss"] = loss_sum.get("loss", 0.0) + loss_value * len(images)
+                elapsed = time.perf_counter() - start
+                progress.advance(epoch, cfg.epochs, loss_value, n_images / max(elapsed, 1e-9))
+            seconds = time.perf_counter() - start
+            cpu_seconds = time.process_time() - cpu_start
+            train_seconds += seconds
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "loss": loss_sum.get("loss", 0.0) / max(n_images, 1),
+                "losses": {k: v / max(n_images, 1) for k, v in loss_sum.items() if k != "loss"},
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+                "cpu_seconds": cpu_seconds,  # this process, all threads: the load-independent cost
+                "images_per_s": n_images / max(seconds, 1e-9),
+                "train_seconds": train_seconds,
+                "metrics": None,
+            }
+            if eval_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                record["metrics"] = evaluate(model, None, dataset=eval_set, batch_size=cfg.batch_size,
+                                             device=device)
+            history.append(record)
+            _save_checkpoint(ckpt_path, {
+                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch + 1, "iters_per_epoch": iters_per_epoch, "total_iters": total_iters,
+                "history": history, "config": cfg.to_dict(), "meta": meta,
+            })
+            atomic_write_json(out / "metrics.json", {"history": history, "config": cfg.to_dict(), "meta": meta})
+            log.info("epoch %d/%d loss %.4f %.1f img/s%s", epoch + 1, cfg.epochs, record["loss"],
+                     record["images_per_s"], f" AP {record['metrics']['AP']:.3f}" if record["metrics"] else "")
+            if on_epoch is not None:
+                on_epoch(record)
+    latest = next((h["metrics"] for h in reversed(history) if h.get("metrics")), None)
+    return TrainResult(epochs=len(history), checkpoint=ckpt_path, history=history,
+                       train_seconds=train_seconds, metrics=latest)
+
+
+class _Progress:
+    """A rich progress bar showing loss and images/s; a no-op when disabled."""
+
+    def __init__(self, enabled: bool, total: int, completed: int) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.completed = completed
+        self._bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), transient=False)
+            self._bar.__enter__()
+            self._task = self._bar.add_task("training", total=self.total, completed=self.completed)
+        return self
+
+    def advance(self, epoch: int, epochs: int, loss: float, images_per_s: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1,
+                             description=f"epoch {epoch + 1}/{epochs} loss {loss:.3f} {images_per_s:.1f} img/s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

@@ -1,0 +1,203 @@
+"""Demo generator, COCO layout resolution, checked annotation loading, resize/flip transforms."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from smnas_trt.data import CocoDetection, build_loader, generate_demo, load_annotations, resolve_split
+from smnas_trt.data.coco import to_original_boxes
+from smnas_trt.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo(tmp_path_factory.mktemp("d") / "demo", n_train=8, n_val=4, size=128, seed=3)
+
+
+def _copy(demo: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(demo, dst)
+    return dst
+
+
+def _edit_json(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_demo_is_deterministic_and_loads_in_pycocotools(demo: Path, tmp_path: Path) -> None:
+    again = generate_demo(tmp_path / "again", n_train=8, n_val=4, size=128, seed=3)
+    other = generate_demo(tmp_path / "other", n_train=8, n_val=4, size=128, seed=4)
+    for rel in ["instances_train.json", "instances_val.json", "train/000001.png", "val/000004.png"]:
+        assert (demo / rel).read_bytes() == (again / rel).read_bytes(), rel
+    assert (demo / "train/000001.png").read_bytes() != (other / "train/000001.png").read_bytes()
+
+    coco = COCO(str(demo / "instances_train.json"))
+    assert len(coco.getImgIds()) == 8
+    assert sorted(c["name"] for c in coco.loadCats(coco.getCatIds())) == [str(d) for d in range(10)]
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) >= 8  # at least one digit per image
+    for a in anns:
+        x, y, w, h = a["bbox"]
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= 128 and y + h <= 128
+    assert not list(tmp_path.glob(".*tmp"))  # the temporary folder was renamed away
+
+
+def test_demo_reuses_same_parameters_and_refuses_other_folders(demo: Path, tmp_path: Path) -> None:
+    stamp = (demo / "instances_train.json").stat().st_mtime_ns
+    assert generate_demo(demo, n_train=8, n_val=4, size=128, seed=3) == demo
+    assert (demo / "instances_train.json").stat().st_mtime_ns == stamp
+    with pytest.raises(DataError, match="--overwrite"):
+        generate_demo(demo, n_train=9, n_val=4, size=128, seed=3)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="other files"):
+        generate_demo(foreign, n_train=2, n_val=1, size=64)
+    assert (foreign / "notes.txt").exists()
+    with pytest.raises(DataError, match="--size"):
+        generate_demo(tmp_path / "tiny", size=16)
+
+
+def test_resolve_split_layouts(demo: Path, tmp_path: Path) -> None:
+    files = resolve_split(demo, "val")
+    assert files.images_dir == demo / "val" and files.ann_file == demo / "instances_val.json"
+    # COCO 2017 layout
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    shutil.copytree(demo / "val", coco / "val2017")
+    shutil.copy(demo / "instances_val.json", coco / "annotations" / "instances_val2017.json")
+    files = resolve_split(coco, "val")
+    assert files.images_dir == coco / "val2017"
+    assert len(CocoDetection(coco, "val", (64, 64))) == 4
+    with pytest.raises(DataError, match="no annotations for split 'train'"):
+        resolve_split(coco, "train")
+    shutil.rmtree(coco / "val2017")
+    with pytest.raises(DataError, match="images folder missing"):
+        resolve_split(coco, "val")
+    with pytest.raises(DataError, match="data folder not found"):
+        resolve_split(tmp_path / "nowhere", "val")
+
+
+def test_bad_annotation_files(demo: Path, tmp_path: Path) -> None:
+    root = _copy(demo, tmp_path)
+    ann = root / "instances_val.json"
+    good = ann.read_text()
+
+    ann.write_text(good[: len(good) // 2])
+    with pytest.raises(DataError, match="truncated or invalid JSON"):
+        CocoDetection(root, "val", (64, 64))
+
+    ann.write_text(good)
+    _edit_json(ann, lambda d: d["annotations"][0].update(image_id=999))
+    with pytest.raises(DataError, match="points at image id 999"):
+        CocoDetection(root, "val", (64, 64))
+
+    ann.write_text(good)
+    _edit_json(ann, lambda d: d["annotations"][0].update(category_id=77))
+    with pytest.raises(DataError, match="category_id 77"):
+        CocoDetection(root, "val", (64, 64))
+
+    ann.write_text(good)
+    (root / "val" / "000002.png").unlink()
+    with pytest.raises(DataError, match=r"image file missing: .*000002.png"):
+        CocoDetection(root, "val", (64, 64))
+
+    ann.unlink()
+    with pytest.raises(DataError, match="no annotations for split 'val'"):
+        CocoDetection(root, "val", (64, 64))
+    with pytest.raises(DataError, match="annotation file missing"):
+        load_annotations(ann)
+
+
+def test_degenerate_boxes_are_skipped_and_counted(demo: Path, tmp_path: Path) -> None:
+    root = _copy(demo, tmp_path)
+    ann = root / "instances_val.json"
+    n_before = len(json.loads(ann.read_text())["annotations"])
+
+    def degrade(d: dict) -> None:  # type: ignore[type-arg]
+        d["annotations"][0]["bbox"][2] = 0.0  # zero width
+        d["annotations"][1]["bbox"] = [500.0, 500.0, 10.0, 10.0]  # entirely outside the image
+
+    _edit_json(ann, degrade)
+    ds = CocoDetection(root, "val", (64, 64))
+    assert ds.skipped["degenerate_box"] == 2
+    assert len(ds.coco.getAnnIds()) == n_before - 2
+    for i in range(len(ds)):
+        boxes = ds[i][1]["boxes"]
+        assert bool(((boxes[:, 2] - boxes[:, 0]) > 0).all() and ((boxes[:, 3] - boxes[:, 1]) > 0).all())
+
+
+def test_non_contiguous_categories_map_to_contiguous_labels(demo: Path, tmp_path: Path) -> None:
+    root = _copy(demo, tmp_path)
+    new_ids = {c: 100 + 7 * c for c in range(1, 11)}
+
+    def remap(d: dict) -> None:  # type: ignore[type-arg]
+        for c in d["categories"]:
+            c["id"] = new_ids[c["id"]]
+        for a in d["annotations"]:
+            a["category_id"] = new_ids[a["category_id"]]
+
+    _edit_json(root / "instances_val.json", remap)
+    ds = CocoDetection(root, "val", (64, 64))
+    assert ds.num_categories == 10
+    assert ds.label_to_cat == [0, *sorted(new_ids.values())]
+    _, target = ds[0]
+    image_anns = ds.coco.imgToAnns[target["image_id"]]
+    assert sorted(ds.label_to_category(int(lab)) for lab in target["labels"]) == sorted(
+        a["category_id"] for a in image_anns)
+    assert all(1 <= int(lab) <= 10 for lab in target["labels"])
+
+
+def test_plain_resize_scales_boxes_and_maps_back(demo: Path) -> None:
+    native = CocoDetection(demo, "val", (128, 128))
+    resized = CocoDetection(demo, "val", (160, 64))  # non-square: x and y scale differently
+    img, t_native = native[1]
+    img2, t_resized = resized[1]
+    assert img.shape == (3, 128, 128) and img2.shape == (3, 64, 160)
+    assert float(img2.min()) >= 0.0 and float(img2.max()) <= 1.0
+    expected = t_native["boxes"] * torch.tensor([160 / 128, 64 / 128, 160 / 128, 64 / 128])
+    torch.testing.assert_close(t_resized["boxes"], expected)
+    back = to_original_boxes(t_resized["boxes"], (160, 64), t_resized["orig_size"])
+    torch.testing.assert_close(back, t_native["boxes"])
+
+
+def test_horizontal_flip_mirrors_image_and_boxes(demo: Path) -> None:
+    plain = CocoDetection(demo, "train", (96, 96), train=False)
+    flipping = CocoDetection(demo, "train", (96, 96), train=True)
+    torch.manual_seed(0)
+    seen = set()
+    for i in range(len(plain)):
+        img, t = plain[i]
+        img_f, t_f = flipping[i]
+        if torch.equal(img, img_f):
+            torch.testing.assert_close(t["boxes"], t_f["boxes"])
+            seen.add("same")
+        else:
+            torch.testing.assert_close(img.flip(-1), img_f)
+            b = t["boxes"]
+            mirrored = torch.stack([96 - b[:, 2], b[:, 1], 96 - b[:, 0], b[:, 3]], 1)
+            torch.testing.assert_close(t_f["boxes"], mirrored)
+            seen.add("flipped")
+        assert torch.equal(t["labels"], t_f["labels"])
+    assert seen == {"same", "flipped"}
+
+
+def test_loader_batches_lists_and_is_seeded(demo: Path) -> None:
+    loader = build_loader(demo, "train", (64, 64), batch_size=3, train=True, seed=5)
+    batches = list(loader)
+    assert [len(b[0]) for b in batches] == [3, 3, 2]
+    assert all(im.shape == (3, 64, 64) for im in batches[0][0])
+    again = [t["image_id"] for _, ts in build_loader(demo, "train", (64, 64), batch_size=3, train=True, seed=5)
+             for t in ts]
+    assert [t["image_id"] for _, ts in batches for t in ts] == again
+    assert sorted(again) == list(range(1, 9))
+    ordered = [t["image_id"] for _, ts in build_loader(demo, "val", (64, 64), batch_size=2) for t in ts]
+    assert ordered == [1, 2, 3, 4]

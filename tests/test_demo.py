@@ -1,0 +1,115 @@
+"""`smnas demo`: each step reuses what an earlier demo left; deploy/predict/report steps on a real run directory."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from smnas_trt.deploy import read_manifest
+from smnas_trt.deploy.demo import Demo, DemoPlan, _Skip, print_demo_summary, run_demo
+
+ARCH = "64x64/r18_16_11-21-21-21/fpn:P3-P5:16/rpn/2fc:32"
+TINY = DemoPlan(train_images=8, val_images=3, image_size=96, deploy_verify_images=2, predict_images=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread here (two threads on two busy cores spin each other out), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _report(run_dir: Path) -> tuple[Path, Path]:
+    from smnas_trt.report import write_report
+
+    files = write_report(run_dir)
+    return files.report_md, files.pareto_png
+
+
+def _fake_finished_search(demo: Demo) -> str:
+    """A real run directory (frozen config + SQLite store) whose front is one candidate trained here."""
+    from smnas_trt.search import STORE_FILE, RunStore
+    from smnas_trt.space import parse
+    from smnas_trt.training import TrainConfig, train_arch
+
+    arch = parse(ARCH)
+    ckpt_dir = demo.run_dir / "candidates" / arch.id
+    torch.manual_seed(0)
+    result = train_arch(ARCH, demo.data, ckpt_dir, TrainConfig(epochs=1, batch_size=4, warmup_iters=1,
+                                                                progress=False))
+    (demo.run_dir / "config.yaml").write_text(demo.search_config().to_yaml())
+    store = RunStore(demo.run_dir / STORE_FILE)
+    store.add_candidate(arch.id, ARCH, "structural", 0, None, 4.0, 0.4, 1)
+    store.update(arch.id, status="done", ap=0.05, ap50=0.1, measured_ms=5.0,
+                 checkpoint=str(result.checkpoint.relative_to(demo.run_dir)))
+    store.set_front([arch.id])
+    store.close()
+    demo._mark("search", front=[arch.id])
+    return arch.id
+
+
+def test_demo_steps_reuse_earlier_work_and_deploy_the_front(tmp_path: Path) -> None:
+    text = io.StringIO()
+    console = Console(file=text, width=120)
+    demo = Demo(tmp_path / "demo_out", TINY, console, _report)
+    assert demo.step_data() is False
+    assert demo.step_data() is True  # same plan: the generated data is reused
+    with pytest.raises(_Skip, match="latency table"):
+        demo.step_search()  # no table yet: the search cannot start
+    with pytest.raises(_Skip, match="finished search"):
+        demo.step_deploy()
+
+    arch_id = _fake_finished_search(demo)
+    assert demo.step_deploy() is False
+    folder = demo.deployed / arch_id
+    manifest = read_manifest(folder)
+    assert manifest["status"] == "ok" and manifest["backend"] == "ort-cpu" and manifest["ap"] == 0.05
+    assert manifest["latency"]["search"]["predicted_ms"] == 4.0
+    stamp = (folder / "manifest.json").stat().st_mtime_ns
+    assert demo.step_deploy() is True  # already deployed from the same checkpoint: kept as is
+    assert (folder / "manifest.json").stat().st_mtime_ns == stamp
+
+    assert demo.step_predict() is False
+    assert (demo.predictions / "detections.json").is_file()
+    assert demo.step_report() is False
+    assert demo.result.report_md is not None and demo.result.report_md.is_file()
+    assert demo.result.pareto_png is not None and demo.result.pareto_png.is_file()
+
+    print_demo_summary(console, demo.result)
+    out = text.getvalue()
+    assert f"deployed:  {demo.deployed}/ (1 models" in out and "report:" in out and "plot:" in out
+    assert "smnas predict --model" in out
+
+
+def test_changed_plan_is_not_taken_for_finished_work(tmp_path: Path) -> None:
+    demo = Demo(tmp_path, TINY, Console(file=io.StringIO()))
+    demo._mark("lut", models=3)
+    assert demo._marked("lut")
+    other = Demo(tmp_path, DemoPlan(lut_models=TINY.lut_models + 1), Console(file=io.StringIO()))
+    assert not other._marked("lut")
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
+    """Every step on a tiny plan (minutes on 2 cores): nothing skipped, report and deployed models written."""
+    plan = DemoPlan(
+        train_images=40, val_images=12, image_size=128, lut_models=10, lut_max_modules=8, lut_budget_s=0.02,
+        lut_min_runs=3, deploy_verify_images=2, predict_images=2,
+        search={"training.max_train_images": 24, "evaluation.max_images": 8, "structural.train": 2,
+                "structural.epochs": 1, "modular.generations": 1, "modular.train": 1, "modular.epochs": 1,
+                "latency.budget_ms": 1000.0, "gate.oversampling": 5,
+                "latency.timing": {"warmup_runs": 1, "warmup_s": 0.0, "min_runs": 3, "budget_s": 0.02}})
+    result = run_demo(tmp_path / "demo_out", plan, Console(file=io.StringIO()), _report)
+    assert result.skipped == {}
+    assert result.report_md is not None and result.report_md.is_file()
+    assert result.deployed_models and all(
+        read_manifest(result.out / "deployed" / i)["verification"]["passed"] for i in result.deployed_models)
+    again = run_demo(tmp_path / "demo_out", plan, Console(file=io.StringIO()), _report)
+    assert {"data", "lut", "search", "deploy"} <= set(again.reused)

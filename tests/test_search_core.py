@@ -1,0 +1,203 @@
+"""Search building blocks that need no training: Pareto utilities, config, run store, gate, run-dir rules."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from smnas_trt.errors import ConfigError, SearchError
+from smnas_trt.search.config import load_search_config, parse_search_config
+from smnas_trt.search.gate import Child, Decision, rank_front_improvement, rank_spread, screen
+from smnas_trt.search.pareto import (
+    crowding_distance,
+    dominates,
+    hypervolume_2d,
+    non_dominated_sort,
+    pareto_front,
+    select_survivors,
+)
+from smnas_trt.search.store import RunStore, Screened
+
+# ---------------------------------------------------------------------------------------------- pareto
+
+
+def _brute_front(points: list[tuple[float, float]]) -> set[int]:
+    return {i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)}
+
+
+def test_non_dominated_sort_matches_brute_force() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        pts = [(round(rng.uniform(1, 10), 1), round(rng.uniform(0, 1), 1)) for _ in range(rng.randint(1, 30))]
+        fronts = non_dominated_sort(pts)
+        assert sorted(itertools.chain(*fronts)) == list(range(len(pts)))
+        assert set(fronts[0]) == _brute_front(pts)
+        # Every point of front k+1 is dominated by some point of front k, and no front dominates itself.
+        for k, front in enumerate(fronts):
+            assert not any(dominates(pts[a], pts[b]) for a in front for b in front)
+            if k:
+                assert all(any(dominates(pts[a], pts[b]) for a in fronts[k - 1]) for b in front)
+
+
+def test_hypervolume_known_values() -> None:
+    ref = (10.0, 0.0)
+    assert hypervolume_2d([], ref) == 0.0
+    assert hypervolume_2d([(4.0, 0.5)], ref) == pytest.approx(6 * 0.5)
+    # Two steps: (2, 0.2) and (6, 0.6): 8*0.2 + 4*0.4
+    assert hypervolume_2d([(2.0, 0.2), (6.0, 0.6)], ref) == pytest.approx(1.6 + 1.6)
+    # Dominated and out-of-box points change nothing.
+    assert hypervolume_2d([(2.0, 0.2), (6.0, 0.6), (7.0, 0.5), (12.0, 0.9)], ref) == pytest.approx(3.2)
+
+
+def test_hypervolume_matches_grid_estimate() -> None:
+    rng = random.Random(1)
+    pts = [(rng.uniform(0, 10), rng.uniform(0, 1)) for _ in range(15)]
+    ref = (10.0, 0.0)
+    n = 400
+    covered = sum(any(p[0] <= (i + 0.5) * 10 / n and p[1] >= (j + 0.5) / n for p in pts)
+                  for i in range(n) for j in range(n))
+    assert hypervolume_2d(pts, ref) == pytest.approx(covered * (10 / n) * (1 / n), rel=0.02)
+
+
+def test_crowding_and_selection() -> None:
+    pts = [(1.0, 0.1), (2.0, 0.5), (2.1, 0.51), (5.0, 0.8), (3.0, 0.3)]
+    front = pareto_front(pts)
+    assert front == [0, 1, 2, 3]
+    dist = crowding_distance(pts, front)
+    assert math.isinf(dist[0]) and math.isinf(dist[3])
+    assert dist[1] < math.inf and dist[2] < math.inf
+    # Selection keeps the front first and, within it, the boundary points before crowded ones.
+    assert select_survivors(pts, 2) == [0, 3]
+    assert set(select_survivors(pts, 4)) == {0, 1, 2, 3}
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def _raw(tmp_path: Path, **over: object) -> dict:
+    raw: dict = {"data": str(tmp_path / "data"), "latency": {"budget_ms": 5, "lut": str(tmp_path / "lut.db")}}
+    raw.update(over)
+    return raw
+
+
+def test_config_unknown_field_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_search_config(_raw(tmp_path, colour="red"), "cfg.yaml")
+    assert str(e.value) == "cfg.yaml: colour: unknown field"
+    with pytest.raises(ConfigError, match=r"gate.oversmpling: unknown field"):
+        parse_search_config(_raw(tmp_path, gate={"oversmpling": 3}))
+    with pytest.raises(ConfigError, match=r"training: unknown field 'lrate'; allowed: .*batch_size"):
+        parse_search_config(_raw(tmp_path, training={"lrate": 0.1}))
+    with pytest.raises(ConfigError, match=r"training: epochs is set by the search"):
+        parse_search_config(_raw(tmp_path, training={"epochs": 3}))
+    with pytest.raises(ConfigError, match=r"latency.budget_ms: .*greater than 0"):
+        parse_search_config({**_raw(tmp_path), "latency": {"budget_ms": 0, "lut": "x"}})
+    with pytest.raises(ConfigError, match=r"modular.mutation_rates: unknown operator 'grow'; allowed: insert_block"):
+        parse_search_config(_raw(tmp_path, modular={"mutation_rates": {"grow": 1}}))
+    for err in (e,):
+        assert "\n" not in str(err.value)
+
+
+def test_config_paths_resolve_and_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_search_config({"data": "data/demo", "latency": {"budget_ms": 5, "lut": "lut.db"}})
+    assert cfg.data == str(tmp_path / "data" / "demo") and cfg.latency.lut == str(tmp_path / "lut.db")
+    same = parse_search_config(cfg.frozen_dict())
+    assert same.digest() == cfg.digest()
+    ray = same.with_executor(same.executor.model_copy(update={"kind": "ray"}))
+    assert ray.digest() == cfg.digest()  # where it runs is not part of a run's identity
+    other = parse_search_config({**cfg.frozen_dict(), "seed": 1})
+    assert other.digest() != cfg.digest()
+    assert cfg.stage_plan() == [("structural", 1), ("modular", 1)]
+
+
+def test_builtin_demo_config_loads() -> None:
+    cfg = load_search_config("demo")
+    assert cfg.space == "demo" and cfg.latency.backend == "ort-cpu" and cfg.gate.enabled
+    with pytest.raises(ConfigError, match="no such file"):
+        load_search_config("/nonexistent.yaml")
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+
+def test_store_roundtrip_and_uniqueness(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run.db")
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.plan_generation(0, "structural", 7, [
+        Screened(0, 0, "a" * 10, "arch-a", None, 3.0, 0.1, "kept", 0),
+        Screened(0, 1, "b" * 10, "arch-b", None, 9.0, 0.1, "over_budget", None),
+        Screened(0, 2, "b" * 10, "arch-b", None, 9.0, 0.1, "duplicate", None),
+    ])
+    gen = store.generation(0)
+    assert gen is not None and gen.status == "planned" and gen.n_screened == 3 and gen.n_over_budget == 1
+    assert [s.decision for s in store.screened(0)] == ["kept", "over_budget", "duplicate"]
+    c = store.add_candidate("a" * 10, "arch-a", "structural", 0, None, 3.0, 0.1, 1)
+    assert c.status == "planned" and c.seq == 0
+    with pytest.raises(SearchError, match="already in the run"):
+        store.add_candidate("a" * 10, "arch-a", "structural", 0, None, 3.0, 0.1, 1)
+    store.start_training(c.arch_id)
+    store.update(c.arch_id, status="done", measured_ms=3.2, ap=0.4, ap50=0.6, checkpoint="candidates/a/last.pt")
+    store.set_front([c.arch_id])
+    store.finish_generation(0, n_trained=1, front_size=1, hypervolume=0.2)
+    store.close()
+    again = RunStore(tmp_path / "run.db", readonly=True)
+    (front,) = again.front()
+    assert (front.attempts, front.status, front.point) == (1, "done", (3.2, 0.4))
+    assert again.generation(0).status == "done"  # type: ignore[union-attr]
+    with pytest.raises(sqlite3.OperationalError):
+        again.db.execute("DELETE FROM candidates")
+
+
+def test_store_refuses_non_sqlite(tmp_path: Path) -> None:
+    bad = tmp_path / "run.db"
+    bad.write_text("not a database at all" * 100)
+    with pytest.raises(SearchError, match="not a readable SQLite run store"):
+        RunStore(bad)
+
+
+# ---------------------------------------------------------------------------------------------- gate
+
+
+def _child(i: int, parent_ap: float | None = None) -> Child:
+    return Child(f"arch{i}", f"{i:010d}", None, parent_ap)
+
+
+def test_screen_drops_duplicates_and_over_budget() -> None:
+    kids = [_child(1), _child(2), _child(1), _child(3), _child(4)]
+    pred = [5.0, 12.0, 5.0, 9.5, 3.0]
+    unc = [0.5, 0.5, 0.5, 1.0, 0.1]
+    out = screen(kids, pred, unc, budget_ms=10.0, safety=1.0, known_ids={_child(4).arch_id})
+    assert [d.decision for d in out] == ["kept", "over_budget", "duplicate", "over_budget", "duplicate"]
+    # Without the gate only duplicates go.
+    off = screen(kids, pred, unc, 10.0, 1.0, set(), enabled=False)
+    assert [d.decision for d in off] == ["kept", "kept", "duplicate", "kept", "kept"]
+
+
+def test_rank_spread_covers_the_latency_range() -> None:
+    kept = [Decision(_child(i), ms, 0.1, "kept") for i, ms in enumerate([1.0, 1.1, 1.2, 4.0, 8.0, 8.1])]
+    ranked = rank_spread(kept, existing_ms=[])
+    picks = [d.predicted_ms for d in ranked[:3]]
+    assert picks == [1.0, 8.1, 4.0] or picks == [1.0, 8.0, 4.0]
+    assert [d.rank for d in ranked] == list(range(6))
+
+
+def test_rank_front_improvement_prefers_gains_and_uncertainty() -> None:
+    front = [(2.0, 0.3), (6.0, 0.5)]
+    ref = (10.0, 0.0)
+    kept = [
+        Decision(_child(0, parent_ap=0.5), 7.0, 0.1, "kept"),  # slower than the front at AP 0.5: no gain
+        Decision(_child(1, parent_ap=0.5), 4.0, 0.1, "kept"),  # faster than (6, 0.5): a clear gain
+        Decision(_child(2, parent_ap=0.3), 2.5, 0.1, "kept"),  # behind (2, 0.3): dominated
+        Decision(_child(3, parent_ap=0.3), 2.5, 1.0, "kept"),  # same but uncertain: may beat (2, 0.3)
+    ]
+    ranked = rank_front_improvement(kept, front, ref, greedy=4)
+    order = [d.child.arch for d in ranked]
+    assert order[0] == "arch1"
+    assert order.index("arch3") < order.index("arch2")
+    assert order[-1] == "arch0" or order.index("arch0") > order.index("arch3")
