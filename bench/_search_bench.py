@@ -7,31 +7,15 @@ from typing import Any
 
 from smnas_trt.search import RunStore
 from smnas_trt.search.config import parse_search_config
+from smnas_trt.space.config import BUILTIN_SPACES
 
-# A tiny space at 64x64 for --quick runs: one-stage structures, narrow widths, short codes.
-QUICK_SPACE_YAML = """\
-name: tiny
-sizes: [64x64]
-backbones: [resnet18, mobilenetv2]
-necks: [none:C4, fpn:P3-P5]
-heads: [fcos, retina]
-base_channels: [8, 16]
-blocks: [5, 8]
-doublings: 3
-mobilenet_widths: [0.25, 0.35]
-fpn_channels: [16, 32]
-dense_depths: [1, 2]
-dense_widths: [16, 32]
-fc_widths: [32]
-defaults: {base: 8, fpn_channels: 16, dense_depth: 1, dense_width: 16, fc_width: 32, mobilenet_width: 0.25}
-"""
 QUICK_SPACE = Path("/tmp/smnas-bench/space_tiny.yaml")
 
 
 def write_quick_space(path: Path = QUICK_SPACE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != QUICK_SPACE_YAML:
-        path.write_text(QUICK_SPACE_YAML)
+    if not path.exists() or path.read_text() != BUILTIN_SPACES["tiny"].read_text():
+        path.write_text(BUILTIN_SPACES["tiny"].read_text())
     return path
 
 

@@ -45,7 +45,7 @@ app.add_typer(space_app, name="space")
 
 @space_app.command("sample")
 def space_sample(
-    space: str = typer.Option("demo", help="Space YAML path or built-in name (demo, paper)."),
+    space: str = typer.Option("demo", help="Space YAML path or built-in name (demo, paper, tiny)."),
     n: int = typer.Option(5, "-n", help="How many architectures."),
     seed: int = typer.Option(0, help="Random seed."),
     structures: bool = typer.Option(False, help="Sample structures only (standard module genes)."),
@@ -151,7 +151,7 @@ def lut_export(
 
 @app.command("profile-lut")
 def profile_lut_cmd(
-    space: str = typer.Option("demo", help="Space YAML path or built-in name (demo, paper)."),
+    space: str = typer.Option("demo", help="Space YAML path or built-in name (demo, paper, tiny)."),
     backend: str = typer.Option("ort-cpu", help="ort-cpu, ort-cuda, torch or tensorrt."),
     out: str = typer.Option(..., "--out", "-o", help="LUT SQLite file to write."),
     models: int = typer.Option(300, help="Whole architectures to time, spread over all structural choices."),

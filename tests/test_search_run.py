@@ -27,23 +27,8 @@ from smnas_trt.search import RunStore, Search, load_front, load_search_config, p
 from smnas_trt.search.config import SearchConfig
 from smnas_trt.search.engine import FRONT_FILE, open_run
 from smnas_trt.search.pareto import dominates
+from smnas_trt.space.config import BUILTIN_SPACES
 
-TINY_SPACE = """\
-name: tiny
-sizes: [64x64]
-backbones: [resnet18, mobilenetv2]
-necks: [none:C4, fpn:P3-P5]
-heads: [fcos, retina]
-base_channels: [8, 16]
-blocks: [5, 8]
-doublings: 3
-mobilenet_widths: [0.25, 0.35]
-fpn_channels: [16, 32]
-dense_depths: [1, 2]
-dense_widths: [16, 32]
-fc_widths: [32]
-defaults: {base: 8, fpn_channels: 16, dense_depth: 1, dense_width: 16, fc_width: 32, mobilenet_width: 0.25}
-"""
 BACKEND = "torch"  # eager PyTorch on CPU: a real backend that needs no export, so timings take ms
 QUICK_TIMING = {"warmup_runs": 2, "warmup_s": 0.0, "min_runs": 5, "max_runs": 20, "budget_s": 0.05}
 
@@ -61,7 +46,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("search")
     space = root / "space_tiny.yaml"
-    space.write_text(TINY_SPACE)
+    space.write_text(BUILTIN_SPACES["tiny"].read_text())
     data = generate_demo(root / "data", n_train=48, n_val=16, size=64, seed=0)
     lut = root / "lut.db"
     report = profile_lut(space=load_space(str(space)), out=lut, module_pieces=None, network_body=arch_body,

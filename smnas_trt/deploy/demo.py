@@ -34,8 +34,9 @@ DONE_DIR = ".done"  # OUT/.done/<step>.json: completion markers with what the st
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes of every step. Measured on 2 idle cores (AMD EPYC): 4.3 min with 2 epochs per candidate;
-    6 epochs spends more of the 20-minute budget on accuracy (candidates train at ~150 images/s)."""
+    """Sizes of every step. Measured on 2 idle cores (AMD EPYC): 4.3 min end to end (search 2 min).
+    Two-stage candidates dominate training: 6 epochs on 600 images took over 5 min for one cascade
+    at 160 px, which would put the demo near its 20-minute limit."""
 
     train_images: int = 600
     val_images: int = 120
@@ -50,13 +51,13 @@ class DemoPlan:
     lut_min_runs: int = 5
     # Overrides of the built-in `demo` search config (configs/search_demo.yaml).
     search: dict[str, Any] = field(default_factory=lambda: {
-        "training.max_train_images": 600,
+        "training.max_train_images": 400,
         "evaluation.max_images": 100,
         "structural.train": 4,
-        "structural.epochs": 6,
+        "structural.epochs": 2,
         "modular.generations": 1,
         "modular.train": 3,
-        "modular.epochs": 6,
+        "modular.epochs": 2,
         "latency.timing": {"warmup_runs": 3, "warmup_s": 0.05, "min_runs": 5, "budget_s": 0.2},
     })
     deploy_verify_images: int = 4

@@ -6,13 +6,12 @@ truncated or altered engine is refused with a message naming the file instead of
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from smnas_trt.errors import DeployError
-from smnas_trt.fileio import atomic_write_json, atomic_write_text
+from smnas_trt.fileio import atomic_write_json, atomic_write_text, sha256_file
 
 MANIFEST = "manifest.json"
 INDEX_JSON = "models.json"
@@ -21,14 +20,6 @@ MANIFEST_FORMAT = "smnas-deployed-model"
 MANIFEST_VERSION = 1
 REQUIRED_KEYS = ("format", "version", "arch", "arch_id", "status", "backend", "precision", "files", "graphs",
                  "verification", "latency", "fingerprint", "classes")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_entries(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import warnings
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from smnas_trt.errors import ProfilingError
-from smnas_trt.fileio import atomic_path
+from smnas_trt.fileio import atomic_path, sha256_file
 from smnas_trt.profiling.fingerprint import check_precision
 
 Exporter = Literal["dynamo", "legacy"]
@@ -48,14 +47,6 @@ class ExportInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -131,7 +122,7 @@ def _record(model: Any, path: Path, exporter: str, precision: str) -> ExportInfo
         input_names=tuple(v.name for v in inputs),
         input_shapes=tuple(tuple(int(d.dim_value) for d in v.type.tensor_type.shape.dim) for v in inputs),
         output_names=tuple(v.name for v in model.graph.output),
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         torch_version=str(torch.__version__),
     )
 

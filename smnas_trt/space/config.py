@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from smnas_trt.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-BUILTIN_SPACES = {"demo": CONFIG_DIR / "space_demo.yaml", "paper": CONFIG_DIR / "space_paper.yaml"}
+BUILTIN_SPACES = {name: CONFIG_DIR / f"space_{name}.yaml" for name in ("demo", "paper", "tiny")}
 
 FamilyName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext50", "resnext101", "mobilenetv2"]
 HeadName = Literal["retina", "fcos", "2fc", "cascade2", "cascade3"]
