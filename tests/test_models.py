@@ -17,15 +17,6 @@ from smnas_trt.models.layers import norm_factory
 from smnas_trt.space import STANDARD_STAGES, parse
 from smnas_trt.space.arch import Backbone
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; restore the session's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # Tiny genes so each combination costs a fraction of a second at 64x64.
 FAMILIES = {
     "resnet18": "r18_8_11-21-21-21",

@@ -22,15 +22,6 @@ from smnas_trt.models.cascade import CascadeRoIHeads
 from smnas_trt.models.counts import count_flops, count_params
 from smnas_trt.space import parse
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; restore the session's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 ONE_STAGE = "64x64/r18_8_11-21-21-21/fpn:P3-P7:16/none/retina:1x16"
 FCOS = "96x64/mbv2_0.25/fpn:P3-P6:16/none/fcos:2x16"
 TWO_STAGE = "64x64/r50_8_11-21-21-21/fpn:P2-P6:16/rpn/cascade2:32"

@@ -50,28 +50,16 @@ class LatencyConfig(_Strict):
     @field_validator("predictor_fit")
     @classmethod
     def _fit_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from dataclasses import fields
-
         from smnas_trt.predictors.predictor import FitConfig
 
-        allowed = sorted(f.name for f in fields(FitConfig))
-        for key in v:
-            if key not in allowed:
-                raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed)}")
-        return v
+        return _only_dataclass_fields(v, FitConfig)
 
     @field_validator("timing")
     @classmethod
     def _timing_fields(cls, v: dict[str, float]) -> dict[str, float]:
-        from dataclasses import fields
-
         from smnas_trt.profiling.timing import TimingConfig
 
-        allowed = sorted(f.name for f in fields(TimingConfig))
-        for key in v:
-            if key not in allowed:
-                raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed)}")
-        return v
+        return _only_dataclass_fields(v, TimingConfig)
 
 
 class StageConfig(_Strict):
@@ -267,3 +255,14 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
         elif va != vb:
             diffs.append(name)
     return diffs
+
+
+def _only_dataclass_fields(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """Refuse keys that are not fields of the dataclass `cls` (the settings are passed on as keyword arguments)."""
+    from dataclasses import fields
+
+    allowed = sorted(f.name for f in fields(cls))
+    for key in values:
+        if key not in allowed:
+            raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed)}")
+    return values
