@@ -84,14 +84,22 @@ def check_exported(path: Path) -> Any:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ProfilingError(f"{path}: exported graph fails onnx.checker: {first}") from e
     model = onnx.load(str(path), load_external_data=False)
+    static_input_shapes(model, path)
+    return model
+
+
+def static_input_shapes(model: Any, path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of a loaded ONNX model's real inputs (initializers excluded); refuses dynamic dimensions."""
     initializers = {i.name for i in model.graph.initializer}
+    shapes: dict[str, tuple[int, ...]] = {}
     for value in model.graph.input:
         if value.name in initializers:
             continue
         dims = value.type.tensor_type.shape.dim
         if any(not d.HasField("dim_value") for d in dims):
-            raise ProfilingError(f"{path}: input {value.name} has a dynamic dimension; profiling needs static shapes")
-    return model
+            raise ProfilingError(f"{path}: input {value.name} has a dynamic dimension; export with static shapes")
+        shapes[value.name] = tuple(int(d.dim_value) for d in dims)
+    return shapes
 
 
 def _record(model: Any, path: Path, exporter: str, precision: str) -> ExportInfo:

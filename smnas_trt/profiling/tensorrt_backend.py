@@ -165,17 +165,9 @@ def engine_cache_key(
 def _onnx_input_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        if any(not d.HasField("dim_value") for d in dims):
-            raise ProfilingError(f"{path}: input {value.name} has a dynamic dimension; export with static shapes")
-        shapes[value.name] = tuple(int(d.dim_value) for d in dims)
-    return shapes
+    from smnas_trt.profiling.export import static_input_shapes
+
+    return static_input_shapes(onnx.load(str(path), load_external_data=False), path)
 
 
 class TensorRTRunner(Runner):
