@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMNAS := $(VENV)/bin/smnas
 
-.PHONY: demo test lint bench-quick clean
+.PHONY: demo test lint clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)

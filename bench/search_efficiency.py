@@ -5,12 +5,13 @@ same latency table and initial predictor. Printed per variant: hypervolume of th
 (reference point: budget ms, AP 0; normalised by budget x 1 AP), front size, trainings spent on
 candidates that measured over the budget, timings taken, wall time.
 
-    flock /tmp/smnas-bench.lock .venv/bin/python bench/search_efficiency.py --quick
-    flock /tmp/smnas-bench.lock .venv/bin/python bench/search_efficiency.py --data data/demo --lut lut.db
+    flock /tmp/smnas-bench.lock .venv/bin/python bench/search_efficiency.py --scale small
 
---quick uses a tiny space at 64x64, generated data of 96 images and 1-epoch trainings (minutes on 2 cores);
-the default uses the demo space and data with the recipe of configs/search_demo.yaml.
-The latency table is profiled here (whole models of the space on ort-cpu) when --lut does not exist.
+Scales (bench/_search_bench.py): `quick` (tiny 64x64 space, 96 images, 1 epoch: minutes; AP ~0.01, so
+only the wasted trainings mean anything), `small` (one-stage 96x96 space, 1,000 images rendered at
+128 px, 4 epochs: about a minute per candidate, an hour for three variants), `full` (the demo space
+and data with configs/search_demo.yaml: hours). The latency table is profiled here (whole models of
+the space on ort-cpu, one thread) when --lut does not exist.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _search_bench import (
-    QUICK_SPACE,
+    BENCH_DIR,
+    SCALES,
     ensure_data,
     ensure_table,
     fit_initial_predictor,
+    median_model_ms,
+    space_arg,
     summarise_run,
 )
 
@@ -54,36 +58,33 @@ def variant_overrides(name: str, generations: int, per_gen: int) -> dict[str, An
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny space and data: minutes instead of hours")
+    ap.add_argument("--scale", choices=sorted(SCALES), default="small", help="space, data and recipe (see above)")
     ap.add_argument("--config", default="demo", help="base search config (default: the built-in demo config)")
     ap.add_argument("--data", default=None, help="dataset folder (generated when missing)")
     ap.add_argument("--lut", default=None, help="latency table (profiled when missing)")
-    ap.add_argument("--out", default="/tmp/smnas-bench/search_efficiency", help="work folder (runs go here)")
-    ap.add_argument("--generations", type=int, default=None, help="generations per variant (default 4; quick 3)")
-    ap.add_argument("--per-gen", type=int, default=None, help="trainings per generation (default 4; quick 3)")
+    ap.add_argument("--out", default=None, help="work folder (default /tmp/smnas-bench/search_efficiency-SCALE)")
+    ap.add_argument("--generations", type=int, default=None, help="generations per variant (default: the scale's)")
+    ap.add_argument("--per-gen", type=int, default=None, help="trainings per generation (default: the scale's)")
     ap.add_argument("--budget-ms", type=float, default=None, help="latency budget (default: the table's median)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="search seeds (results averaged)")
     ap.add_argument("--variants", nargs="+", default=["gated", "random", "no-gate"])
     ap.add_argument("--fresh", action="store_true", help="delete earlier runs in --out first")
     args = ap.parse_args()
 
-    out = Path(args.out)
+    scale = SCALES[args.scale]
+    out = Path(args.out or BENCH_DIR / f"search_efficiency-{args.scale}")
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    generations = args.generations or (3 if args.quick else 4)
-    per_gen = args.per_gen or 3
-    data = ensure_data(Path(args.data) if args.data else out / "data", quick=args.quick)
-    space = str(QUICK_SPACE) if args.quick else "demo"
-    table = ensure_table(Path(args.lut) if args.lut else out / "lut.db", space, quick=args.quick)
+    generations = args.generations or scale.generations
+    per_gen = args.per_gen or scale.per_gen
+    data = ensure_data(Path(args.data) if args.data else out / "data", scale)
+    table = ensure_table(Path(args.lut) if args.lut else out / "lut.db", scale)
     raw = yaml.safe_load(Path(load_search_config_path(args.config)).read_text())
-    raw = apply_overrides(raw, {"space": space, "data": str(data), "latency.lut": str(table)})
-    if args.quick:
-        raw = apply_overrides(raw, {"training.max_train_images": 96, "training.batch_size": 8,
-                                    "training.warmup_iters": 4, "training.lr": 0.01, "evaluation.max_images": 32,
-                                    "structural.epochs": 1, "modular.epochs": 1, "threads": 2})
+    raw = apply_overrides(raw, {"space": space_arg(scale), "data": str(data), "latency.lut": str(table),
+                                **scale.overrides})
     predictor_dir = fit_initial_predictor(table, out / "predictor", raw)
-    budget = args.budget_ms or median_model_ms(table, raw)
+    budget = args.budget_ms or median_model_ms(table, raw["latency"].get("scope", "network"))
     raw = apply_overrides(raw, {"latency.predictor": str(predictor_dir), "latency.budget_ms": round(budget, 3)})
     print(f"budget {budget:.3f} ms ({raw['latency']['backend']} {raw['latency'].get('scope', 'network')}), "
           f"{generations} generations x {per_gen} trainings per variant, seeds {args.seeds}")
@@ -125,16 +126,6 @@ def load_search_config_path(name: str) -> Path:
     from smnas_trt.search.config import BUILTIN_SEARCH_CONFIGS
 
     return BUILTIN_SEARCH_CONFIGS.get(name, Path(name))
-
-
-def median_model_ms(table: Path, raw: dict[str, Any]) -> float:
-    """A budget that splits the table's models in half: the gate has real work to do."""
-    import statistics
-
-    from smnas_trt.profiling.lut import read_model_records
-
-    rows = read_model_records(table, scope=raw["latency"].get("scope", "network"), allow_foreign=True)
-    return statistics.median(r.median_ms for r in rows)
 
 
 if __name__ == "__main__":

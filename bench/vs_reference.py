@@ -8,7 +8,7 @@ compared with the front. The paper's claim is checked too: a front model at most
 Faster R-CNN R50-FPN with at least +1 AP point.
 
     flock /tmp/smnas-bench.lock .venv/bin/python bench/vs_reference.py --run runs/demo
-    flock /tmp/smnas-bench.lock .venv/bin/python bench/vs_reference.py --quick   # runs a tiny search first
+    flock /tmp/smnas-bench.lock .venv/bin/python bench/vs_reference.py --scale small  # search_efficiency's gated run
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _search_bench import BENCH_DIR
 
 from smnas_trt.report import reference_verdicts, write_report
 from smnas_trt.search import RunStore, load_frozen_config
@@ -42,47 +44,19 @@ def reference_archs(space_name: str, size: str | None) -> dict[str, str]:
     }
 
 
-def quick_run(out: Path) -> Path:
-    """A tiny search (the --quick setting of search_efficiency) to compare against."""
-    import yaml
-    from _search_bench import QUICK_SPACE, ensure_data, ensure_table, fit_initial_predictor
-
-    from smnas_trt.search import load_search_config, run_search
-    from smnas_trt.search.config import BUILTIN_SEARCH_CONFIGS, apply_overrides
-
-    data = ensure_data(out / "data", quick=True)
-    table = ensure_table(out / "lut.db", str(QUICK_SPACE), quick=True)
-    raw = yaml.safe_load(BUILTIN_SEARCH_CONFIGS["demo"].read_text())
-    raw = apply_overrides(raw, {
-        "space": str(QUICK_SPACE), "data": str(data), "latency.lut": str(table), "training.max_train_images": 96,
-        "training.batch_size": 8, "training.warmup_iters": 4, "training.lr": 0.01, "evaluation.max_images": 32,
-        "structural.epochs": 1, "modular.epochs": 1, "structural.train": 3, "modular.train": 3,
-        "modular.generations": 2, "threads": 2})
-    predictor = fit_initial_predictor(table, out / "predictor", raw)
-    import statistics
-
-    from smnas_trt.profiling.lut import read_model_records
-
-    budget = statistics.median(r.median_ms for r in read_model_records(table, scope="network", allow_foreign=True))
-    raw = apply_overrides(raw, {"latency.predictor": str(predictor), "latency.budget_ms": round(budget * 1.5, 3)})
-    cfg_path = out / "quick.yaml"
-    cfg_path.write_text(yaml.safe_dump(raw))
-    run_dir = out / "run"
-    run_search(load_search_config(cfg_path), run_dir, resume=True, show_progress=False)
-    return run_dir
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=None, help="a finished search run directory")
-    ap.add_argument("--quick", action="store_true", help="run a tiny search first and compare against it")
-    ap.add_argument("--out", default="/tmp/smnas-bench/vs_reference", help="work folder for --quick")
+    ap.add_argument("--scale", default=None,
+                    help="compare against the gated seed-0 run of `bench/search_efficiency.py --scale SCALE`")
     ap.add_argument("--size", default=None, help="input size of the references (default: the space's largest)")
     ap.add_argument("--retrain", action="store_true", help="train references again even if the run has them")
     args = ap.parse_args()
-    if not args.run and not args.quick:
-        ap.error("give --run DIR or --quick")
-    run_dir = Path(args.run) if args.run else quick_run(Path(args.out))
+    if not args.run and not args.scale:
+        ap.error("give --run DIR or --scale SCALE")
+    run_dir = Path(args.run) if args.run else BENCH_DIR / f"search_efficiency-{args.scale}" / "run-gated-s0"
+    if not (run_dir / "run.db").is_file():
+        ap.error(f"{run_dir} holds no search run; run bench/search_efficiency.py --scale {args.scale} first")
     cfg = load_frozen_config(run_dir)
     epochs = cfg.modular.epochs if cfg.modular.generations and cfg.strategy == "smnas" else cfg.structural.epochs
     lat = cfg.latency

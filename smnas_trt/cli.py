@@ -412,6 +412,8 @@ def train_cmd(
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     seed: int = typer.Option(0, help="Seed of weights, shuffling and flips."),
     eval_every: int = typer.Option(0, help="Evaluate on val every N epochs (0: only at the end)."),
+    hflip: bool = typer.Option(None, "--hflip/--no-hflip",
+                               help="Random horizontal flips (default: on, off for the demo digits)."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
 ) -> None:
     """Train an architecture from scratch on a COCO-format dataset, then evaluate it on val.
@@ -425,7 +427,7 @@ def train_cmd(
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
                       schedule=schedule, warmup_iters=warmup_iters, device=device,  # type: ignore[arg-type]
-                      threads=threads, workers=workers, seed=seed, eval_every=eval_every)
+                      threads=threads, workers=workers, seed=seed, eval_every=eval_every, hflip=hflip)
     result = train_arch(arch, data, out, cfg, resume=resume)
     for h in result.history:
         m = h.get("metrics")

@@ -171,7 +171,7 @@ def test_plain_resize_scales_boxes_and_maps_back(demo: Path) -> None:
 
 def test_horizontal_flip_mirrors_image_and_boxes(demo: Path) -> None:
     plain = CocoDetection(demo, "train", (96, 96), train=False)
-    flipping = CocoDetection(demo, "train", (96, 96), train=True)
+    flipping = CocoDetection(demo, "train", (96, 96), train=True, hflip=True)
     torch.manual_seed(0)
     seen = set()
     for i in range(len(plain)):
@@ -188,6 +188,14 @@ def test_horizontal_flip_mirrors_image_and_boxes(demo: Path) -> None:
             seen.add("flipped")
         assert torch.equal(t["labels"], t_f["labels"])
     assert seen == {"same", "flipped"}
+
+
+def test_training_flips_by_default_except_the_mirror_asymmetric_demo_digits(demo: Path, tmp_path: Path) -> None:
+    assert not CocoDetection(demo, "train", (96, 96), train=True).hflip
+    plain_coco = _copy(demo, tmp_path)
+    (plain_coco / "demo.json").unlink()  # any other COCO-format folder
+    assert CocoDetection(plain_coco, "train", (96, 96), train=True).hflip
+    assert not CocoDetection(plain_coco, "val", (96, 96), train=False).hflip
 
 
 def test_loader_batches_lists_and_is_seeded(demo: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 from smnas_trt.errors import ProfilingError
 from smnas_trt.models import build_detector
 from smnas_trt.models.body import body_input_shape, module_pieces, network_body
-from smnas_trt.profiling.export import End2End, export_onnx, max_abs_diff, onnx_outputs
+from smnas_trt.profiling.export import End2End, Exporter, export_onnx, max_abs_diff, onnx_outputs
 from smnas_trt.profiling.trt_support import unsupported_ops
 from smnas_trt.space import load_space, parse
 
@@ -27,13 +27,14 @@ NUM_CLASSES = 5
 ATOL, RTOL = 1e-4, 1e-3
 
 
-def check_body(arch_text: str, tmp_path: Path) -> None:
+def check_body(arch_text: str, tmp_path: Path, exporter: Exporter = "dynamo") -> None:
     arch = parse(arch_text)
     torch.manual_seed(0)
     body = network_body(build_detector(arch, NUM_CLASSES), arch)
     x = torch.rand(body_input_shape(arch))
-    info = export_onnx(body, (x,), tmp_path / f"{arch.id}.onnx", input_names=["images"])
-    assert info.exporter == "dynamo" and info.opset >= 18 and info.input_shapes == (tuple(x.shape),)
+    info = export_onnx(body, (x,), tmp_path / f"{arch.id}.onnx", exporter=exporter, input_names=["images"])
+    assert info.exporter == exporter and info.input_shapes == (tuple(x.shape),)
+    assert exporter == "legacy" or info.opset >= 18
     got = onnx_outputs(info.path, {"images": x.numpy()})
     with torch.no_grad():
         want = [t.numpy() for t in body(x)]
@@ -50,6 +51,11 @@ def test_two_stage_body_matches_pytorch(tmp_path: Path) -> None:
     props = {p.key: p.value for p in model.metadata_props}
     assert props["smnas.exporter"] == "dynamo" and props["smnas.precision"] == "fp32"
     assert unsupported_ops(path) == []  # RoiAlign and friends are in TensorRT's parser table
+
+
+def test_cascade_body_with_an_empty_level_exports_with_the_legacy_tracer(tmp_path: Path) -> None:
+    # 79 proposals on P3, 21 on P4, none on P5: the tracer once recorded the P4 slice as empty.
+    check_body("128x128/r50_16_11-12-2-21/fpn:P3-P6:96/rpn/cascade2:128", tmp_path, exporter="legacy")
 
 
 def test_fp16_variant_of_a_piece(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from smnas_trt.predictors.analytic import arch_counts
 from smnas_trt.predictors.features import FeatureConfig, Featurizer
 from smnas_trt.predictors.lut_keys import arch_piece_keys
 from smnas_trt.predictors.metrics import FlopsLinear, accuracy
-from smnas_trt.predictors.predictor import _conformal_quantile
+from smnas_trt.predictors.predictor import PRIOR_FEATURES, _conformal_quantile, _fit_prior, _log_prior
 from smnas_trt.predictors.report import (
     PREDICTIONS_FILE,
     REPORT_FILE,
@@ -254,6 +254,18 @@ def test_baselines_are_computed_and_report_recomputes(fitted: tuple[Path, Latenc
     assert saved["predictor"]["within_10"] == pytest.approx(np.mean(rel <= 0.10))
     assert (out / "cv" / SCATTER_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["predictor"]["n"] == len(TRAIN_ARCHS)
+
+
+def test_additive_prior_recovers_a_sum_of_layer_costs() -> None:
+    """Latency that is a fixed cost plus per-FLOP and per-byte costs is what the prior fits exactly."""
+    archs = [parse(a) for a in TRAIN_ARCHS + TEST_ARCHS]
+    X = Featurizer(FeatureConfig(use_lut=False)).transform(archs)
+    names = Featurizer(FeatureConfig(use_lut=False)).names
+    columns = [names.index(c) for c in PRIOR_FEATURES]
+    ms = 0.3 + 2e-8 * X[:, names.index("total_flops")] + 5e-9 * X[:, names.index("total_act_bytes")]
+    coefficients = _fit_prior(X, np.log(ms), columns)
+    assert (coefficients >= 0).all()
+    np.testing.assert_allclose(np.exp(_log_prior(X, columns, coefficients)), ms, rtol=0.01)
 
 
 def test_metrics_and_conformal_quantile() -> None:

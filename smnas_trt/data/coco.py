@@ -3,7 +3,7 @@
 Resizing is a PLAIN resize (no letterbox, aspect ratio not kept) of every image to the
 architecture's input size ``(width, height)``; boxes are scaled by the same factors and
 :func:`to_original_boxes` maps predictions back to original image coordinates for COCO evaluation.
-Training adds a random horizontal flip.
+Training adds a random horizontal flip, except on the demo digits, which are not mirror-symmetric.
 
 Labels are contiguous ``1..K`` for the K categories sorted by id; 0 is background (torchvision's
 convention), so detectors are built with ``num_classes = K + 1``.
@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
+from smnas_trt.data.demo import is_demo_dataset
 from smnas_trt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,8 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
         self.split = split
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.train = train
-        self.hflip = train if hflip is None else hflip
+        # Digits are not mirror-symmetric (a flipped 5 reads as a 2), so the demo data is not flipped.
+        self.hflip = (train and not is_demo_dataset(data_dir)) if hflip is None else hflip
         self.coco, self.skipped = load_annotations(self.files.ann_file)
         self.cat_ids: list[int] = sorted(self.coco.getCatIds())
         self.cat_to_label = {cat: i + 1 for i, cat in enumerate(self.cat_ids)}

@@ -44,6 +44,14 @@ def _marker(n_train: int, n_val: int, size: int, seed: int) -> dict[str, Any]:
             "size": size, "seed": seed}
 
 
+def is_demo_dataset(data_dir: str | Path) -> bool:
+    """True for a folder written by `generate_demo` (its marker file names the demo format)."""
+    try:
+        return json.loads((Path(data_dir) / "demo.json").read_text()).get("format") == DEMO_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 

@@ -114,7 +114,9 @@ class RoIStage(nn.Module):
         return int(self.proposals.shape[0])
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        batch = features[0].shape[0]
+        # A Python int, so the legacy tracer records the slices below as constants (it mis-records
+        # slice ends built from a traced size); bodies are exported at a fixed batch anyway.
+        batch = int(features[0].shape[0])
         segments, start = [], 0
         for count in self.level_counts:
             segments.append((start, count))

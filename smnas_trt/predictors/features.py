@@ -46,6 +46,7 @@ ACT_BYTES = 4  # fp32 activations
 DEFAULT_NUM_CLASSES = 81  # what `smnas profile-lut` builds the timed detectors with (COCO)
 PARSE_CACHE_LIMIT = 1_000_000
 PIECE_CACHE_LIMIT = 500_000  # cached piece rows (~1 KB each) before the caches start over
+NOT_IN_TABLE = ""  # stands for a piece key the table certainly lacks (no table key is empty)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ class Featurizer:
             raise PredictorError(f"feature schema {self.config.schema_version} is not this smnas's "
                                  f"({SCHEMA_VERSION}); refit the predictor")
         self.module_ms: dict[str, float] = dict(module_ms or {})
+        # Spelling a stage key costs more than the rest of a stage row: skip it when the table has none.
+        self._table_has_stages = any(key.startswith("stage:") for key in self.module_ms)
         self._n_lut = len(LUT_KINDS) + 2 if self.config.use_lut else 0  # per kind, missing, entries
         self._parsed: dict[str, Arch] = {}
         self._reset_caches()
@@ -223,7 +226,8 @@ class Featurizer:
             counts = analytic.resnet_stage_counts(b, s, before, size)
             blocks, doublings = float(len(b.stages[s])), float(b.stages[s].count("2"))
         row = [blocks, doublings, counts[0], counts[2] * ACT_BYTES, *_counts(counts)]
-        return row + self._lut([("stage", lut_keys.stage_key(size, b, s, before))])
+        key = lut_keys.stage_key(size, b, s, before) if self._table_has_stages else NOT_IN_TABLE
+        return row + self._lut([("stage", key)])
 
     # -------------------------------------------------------------------------------------- batches
     def piece_ids(self, archs: Sequence[Arch]) -> np.ndarray:
@@ -317,25 +321,34 @@ class Featurizer:
     def transform(self, archs: Sequence[Arch | str]) -> np.ndarray:
         """Feature matrix (len(archs), num_features), float64."""
         ids = self.piece_ids(self.parse_all(archs))
-        if len(ids) == 0:
-            return np.zeros((0, self.num_features))
-        stem, neck, head, stage = (self._tables[k].stacked() for k in ("stem", "neck", "head", "stage"))
-        parts = [stem[ids[:, 0]], neck[ids[:, 1]], head[ids[:, 2]], *(stage[ids[:, 3 + s]] for s in range(4))]
+        n = len(ids)
+        out = np.empty((n, self.num_features))
+        if n == 0:
+            return out
+        tables = [self._tables[k].stacked() for k in ("stem", "neck", "head")] + [self._tables["stage"].stacked()] * 4
         widths = [len(STEM_NAMES), len(NECK_NAMES), len(HEAD_NAMES)] + [len(STAGE_NAMES)] * 4
-        columns = [p[:, :w] for p, w in zip(parts, widths, strict=True)]
-        counts = sum(p[:, w:w + N_COUNTS] for p, w in zip(parts, widths, strict=True))
-        blocks = sum(columns[3 + s][:, 0] for s in range(4))
-        columns += [counts, blocks[:, None]]  # type: ignore[list-item]
+        sums = np.zeros((n, N_COUNTS + self._n_lut))  # counts, then per-kind LUT ms, missing, entries
+        col = 0
+        for j, (table, width) in enumerate(zip(tables, widths, strict=True)):
+            rows = table[ids[:, j]]  # one gather per piece, then its own columns and its share of the sums
+            out[:, col:col + width] = rows[:, :width]
+            sums += rows[:, width:]
+            col += width
+        out[:, col:col + N_COUNTS] = sums[:, :N_COUNTS]
+        col += N_COUNTS
+        stage_blocks = [len(STEM_NAMES) + len(NECK_NAMES) + len(HEAD_NAMES) + s * len(STAGE_NAMES) for s in range(4)]
+        out[:, col] = out[:, stage_blocks].sum(axis=1)  # blocks
+        col += 1
         if self._n_lut:
             k = len(LUT_KINDS)
-            lut = sum(p[:, w + N_COUNTS:] for p, w in zip(parts, widths, strict=True))
-            sums = lut[:, :k]  # type: ignore[index]
-            missing = lut[:, k]  # type: ignore[index]
-            total = sums.sum(axis=1)  # NaN as soon as one kind is NaN
+            lut = sums[:, N_COUNTS:]
+            missing = lut[:, k]
+            out[:, col:col + k] = lut[:, :k]
+            out[:, col + k] = lut[:, :k].sum(axis=1)  # NaN as soon as one kind is NaN
+            out[:, col + k + 1] = missing
             self.lut_missing += int(missing.sum())
             self.lut_archs_missing += int((missing > 0).sum())
-            columns += [sums, total[:, None], missing[:, None]]
-        return np.concatenate(columns, axis=1)
+        return out
 
 
 __all__ = ["FAMILIES", "HEADS", "LUT_KINDS", "SCHEMA_VERSION", "FeatureConfig", "Featurizer"]

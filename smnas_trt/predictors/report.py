@@ -81,6 +81,10 @@ def compute_report(preds: Mapping[str, np.ndarray], interval: float, extra: Mapp
     report: dict[str, Any] = {"n": len(measured), "interval": interval}
     for key, column, _ in METHODS:
         report[key] = accuracy(measured, preds[column])
+    # The LUT sum exists only where the table holds every piece: score the predictor on those rows too.
+    lut_rows = np.isfinite(preds["lut_sum_ms"])
+    if 0 < lut_rows.sum() < len(measured):
+        report["predictor_on_lut_rows"] = accuracy(measured[lut_rows], preds["predicted_ms"][lut_rows])
     report["coverage"] = coverage(measured, preds["lower_ms"], preds["upper_ms"])
     report["median_interval_width_pct"] = float(np.median((preds["upper_ms"] - preds["lower_ms"])
                                                           / preds["predicted_ms"] * 100)) if len(measured) else math.nan
@@ -95,8 +99,10 @@ def report_from_csv(path: str | Path, interval: float) -> dict[str, Any]:
 def format_report(report: Mapping[str, Any], title: str) -> str:
     """Plain-text table: one row per method, the figures side by side."""
     lines = [title, f"{'method':<22}{'n':>6}{'±5%':>8}{'±10%':>8}{'MAPE %':>9}{'RMSE ms':>10}{'tau':>7}"]
-    for key, _, label in METHODS:
-        m = report[key]
+    rows = [(report[key], label) for key, _, label in METHODS]
+    if "predictor_on_lut_rows" in report:
+        rows.insert(2, (report["predictor_on_lut_rows"], "  predictor, LUT rows"))
+    for m, label in rows:
         n = f"{m['n']}" + (f"(-{m['missing']})" if m["missing"] else "")
         lines.append(f"{label:<22}{n:>6}{_pct(m['within_5']):>8}{_pct(m['within_10']):>8}{_num(m['mape'], 2):>9}"
                      f"{_num(m['rmse_ms'], 3):>10}{_num(m['kendall_tau'], 3):>7}")

@@ -66,7 +66,7 @@ class TrainConfig:
     eval_split: str = "val"
     eval_max_images: int | None = None
     train_split: str = "train"
-    hflip: bool = True  # random horizontal flips of training images
+    hflip: bool | None = None  # random horizontal flips; None: on, except for the demo digits (not mirror-symmetric)
     cache_images: bool | None = None  # keep decoded, resized images in memory; None: when under 2 GiB
     max_train_images: int | None = None
     progress: bool = True
