@@ -12,8 +12,8 @@ from smnas_trt.space.config import BUILTIN_SPACES
 
 BENCH_DIR = Path("/tmp/smnas-bench")
 
-# One-stage detectors at 96x96 on digits rendered at 128 px: a candidate trains to AP 0.05-0.3 in about a
-# minute on 2 cores, so fronts differ by more than training noise while three searches fit in an hour.
+# One-stage detectors at 96x96 on digits rendered at 128 px: a candidate trains in 0.5-2 minutes on 2 cores to
+# AP 0.01-0.08 (measured), enough spread between models for fronts to differ while three searches fit in an hour.
 SMALL_SPACE_YAML = """\
 name: small
 sizes: [96x96]
@@ -50,7 +50,7 @@ SCALES = {
     "quick": Scale("tiny", {"n_train": 96, "n_val": 32, "size": 64}, 40, False, 3, 3, {
         "training.max_train_images": 96, "training.batch_size": 8, "training.warmup_iters": 4, "training.lr": 0.01,
         "evaluation.max_images": 32, "structural.epochs": 1, "modular.epochs": 1}),
-    # About a minute per candidate, AP 0.05-0.3: hypervolumes worth comparing.
+    # About a minute per candidate, AP 0.01-0.08: hypervolumes worth comparing (one seed: read with care).
     "small": Scale("small", {"n_train": 1000, "n_val": 200, "size": 128}, 60, False, 3, 3, {
         "training.max_train_images": 1000, "training.batch_size": 8, "training.warmup_iters": 50,
         "training.lr": 0.003, "evaluation.max_images": 200, "structural.epochs": 4, "modular.epochs": 4}),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _search_bench import BENCH_DIR
+from _search_bench import BENCH_DIR, SCALES
 
 from smnas_trt.report import reference_verdicts, write_report
 from smnas_trt.search import RunStore, load_frozen_config
@@ -47,7 +47,7 @@ def reference_archs(space_name: str, size: str | None) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=None, help="a finished search run directory")
-    ap.add_argument("--scale", default=None,
+    ap.add_argument("--scale", default=None, choices=sorted(SCALES),
                     help="compare against the gated seed-0 run of `bench/search_efficiency.py --scale SCALE`")
     ap.add_argument("--size", default=None, help="input size of the references (default: the space's largest)")
     ap.add_argument("--retrain", action="store_true", help="train references again even if the run has them")

@@ -212,6 +212,9 @@ def test_refuses_foreign_fingerprint_and_bad_files(fitted: tuple[Path, LatencyPr
     (bad / "predictor.json").write_text(json.dumps({**meta, "feature_schema": 999}))
     with pytest.raises(PredictorError, match="feature schema"):
         LatencyPredictor.load(bad)
+    (bad / "predictor.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(PredictorError, match="not valid JSON"):
+        LatencyPredictor.load(bad)
     (bad / "predictor.json").write_text(json.dumps(meta))
     (bad / "scale.ubj").write_bytes(b"garbage")
     with pytest.raises(PredictorError, match="checksum"):
@@ -250,6 +253,12 @@ def test_baselines_are_computed_and_report_recomputes(fitted: tuple[Path, Latenc
             assert saved[method][key] == (None if isinstance(value, float) and math.isnan(value) else
                                           pytest.approx(value))
     assert saved["coverage"] == pytest.approx(recomputed["coverage"])
+    # The predictor is also scored on exactly the rows the LUT-sum baseline covers (like for like).
+    lut_rows = np.isfinite(preds["lut_sum_ms"])
+    assert 0 < lut_rows.sum() < len(lut_rows)
+    same_rows = accuracy(preds["measured_ms"][lut_rows], preds["predicted_ms"][lut_rows])
+    assert saved["predictor_on_lut_rows"]["n"] == saved["lut_sum"]["n"] == int(lut_rows.sum())
+    assert saved["predictor_on_lut_rows"]["mape"] == pytest.approx(same_rows["mape"])
     rel = np.abs(preds["predicted_ms"] - preds["measured_ms"]) / preds["measured_ms"]
     assert saved["predictor"]["within_10"] == pytest.approx(np.mean(rel <= 0.10))
     assert (out / "cv" / SCATTER_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

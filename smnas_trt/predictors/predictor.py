@@ -443,10 +443,11 @@ class LatencyPredictor:
             raise PredictorError(f"{path}: not a predictor folder (no {META_FILE})")
         try:
             meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PredictorError(f"{meta_path}: not valid JSON ({e})") from None
-        if meta.get("format") != FORMAT:
-            raise PredictorError(f"{meta_path}: not an smnas latency predictor (format {meta.get('format')!r})")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise PredictorError(f"{meta_path}: not an smnas latency predictor (format {found!r})")
         if meta.get("format_version") != FORMAT_VERSION or meta.get("feature_schema") != SCHEMA_VERSION:
             raise PredictorError(f"{path}: predictor format {meta.get('format_version')} / feature schema "
                                  f"{meta.get('feature_schema')}, this smnas reads {FORMAT_VERSION} / {SCHEMA_VERSION}; "

@@ -88,7 +88,7 @@ class SpaceConfig(_Strict):
 
 
 def load_space_config(path_or_name: str | Path) -> SpaceConfig:
-    """Load a space by file path or built-in name (`demo`, `paper`)."""
+    """Load a space by file path or built-in name (`demo`, `paper`, `tiny`)."""
     path = BUILTIN_SPACES.get(str(path_or_name), Path(path_or_name))
     if not path.is_file():
         raise ConfigError(f"space: no such file {str(path)!r}; give a YAML path or one of: {', '.join(BUILTIN_SPACES)}")
