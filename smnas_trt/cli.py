@@ -159,6 +159,9 @@ def profile_lut_cmd(
     precision: str = typer.Option("fp32", help="fp32 or fp16."),
     batch: int = typer.Option(1, help="Batch size."),
     threads: int = typer.Option(None, help="Intra-op threads for CPU backends (default: all usable cores)."),
+    device: str = typer.Option(None, help="torch backend only: cpu (default) or cuda."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs/--no-cuda-graphs",
+                                     help="torch backend only, with --device cuda: time CUDA graph replays."),
     archs: str = typer.Option(None, help="File of arch strings, one per line, instead of sampling --models."),
     resume: bool = typer.Option(False, help="Continue an existing table; keys already there are skipped."),
     max_modules: int = typer.Option(2000, help="Above this many module configurations, time a stratified sample."),
@@ -167,11 +170,14 @@ def profile_lut_cmd(
     num_classes: int = typer.Option(81, help="Classes the heads predict, background included (COCO: 81)."),
     budget_s: float = typer.Option(1.0, help="Timed-run budget per entry, seconds (after warm-up)."),
     min_runs: int = typer.Option(10, help="At least this many timed runs per entry."),
+    passes: int = typer.Option(1, help="Time each entry this many times, seconds apart, and keep the median pass "
+                                       "(3 rejects a burst of other work on a shared machine)."),
 ) -> None:
     """Export module pieces and whole architectures to ONNX, time them on a backend, store a latency table.
 
     Example: smnas profile-lut --space configs/space_demo.yaml --backend ort-cpu --out lut.db --models 300
     (interrupted? run the same command with --resume)
+    On a GPU: smnas profile-lut --space paper --backend torch --device cuda --cuda-graphs --out lut_cuda.db
     """
     from rich.progress import (
         BarColumn,
@@ -193,6 +199,9 @@ def profile_lut_cmd(
         for line in bad:
             err_console.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
     pieces, body, full = default_hooks(num_classes)
+    # None values are dropped by get_backend, so backends other than torch only see these when given.
+    backend_opts = {"threads": threads, "precision": precision, "batch": batch, "device": device,
+                    "cuda_graphs": True if cuda_graphs else None}
     timing = TimingConfig(min_runs=min_runs, max_runs=max(min_runs, 1000), budget_s=budget_s)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
@@ -201,9 +210,9 @@ def profile_lut_cmd(
         report = profile_lut(
             space=search_space, out=out, module_pieces=None if no_modules else pieces, network_body=body,
             end2end=full if end2end else None,
-            backend_name=backend, backend_opts={"threads": threads, "precision": precision, "batch": batch},
+            backend_name=backend, backend_opts=backend_opts,
             models=models, archs=arch_list, seed=seed, resume=resume, max_modules=max_modules, timing=timing,
-            on_plan=lambda total: progress.update(task, total=total),
+            passes=passes, on_plan=lambda total: progress.update(task, total=total),
             on_item=lambda label: progress.update(task, advance=1, description=label[:60]),
         )  # fmt: skip
     for message in report.messages:

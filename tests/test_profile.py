@@ -10,16 +10,20 @@ import pytest
 import torch
 
 from smnas_trt.errors import ProfilingError
+from smnas_trt.profiling.backends import get_backend
 from smnas_trt.profiling.lut import open_table
 from smnas_trt.profiling.profile import (
+    TimingJob,
     dedup_pieces,
+    median_pass,
     profile_lut,
     read_arch_file,
     sample_models,
     stratified_sample,
     structure_of,
+    time_jobs,
 )
-from smnas_trt.profiling.timing import TimingConfig
+from smnas_trt.profiling.timing import LatencyStats, TimingConfig
 from smnas_trt.space import load_space
 
 torch.set_num_threads(1)
@@ -125,3 +129,39 @@ def test_profile_reports_failures_and_samples(tmp_path: Path, space) -> None:
     assert report.modules_total > 2 and report.modules_selected <= 2
     assert "stratified sample" in report.messages[0]
     assert report.models_timed == 0 and "body builder exploded" in report.failures[0]
+
+
+def test_passes_keep_the_median_pass_and_clean_up(tmp_path: Path) -> None:
+    backend = get_backend("ort-cpu", threads=1)
+    convs = [ConvPiece("stage", c, 8) for c in (2, 4)]
+    jobs = [TimingJob(p.key, lambda p=p: (p.module, p.inputs), "legacy", label=p.key) for p in convs]
+    jobs.insert(1, TimingJob("broken", lambda: (_ for _ in ()).throw(RuntimeError("no such module"))))
+    results = list(time_jobs(backend, jobs, QUICK, tmp_path, passes=3))
+    assert [r.job.name for r in results] == [j.name for j in jobs]  # every job answers, in order
+    assert results[1].stats is None and "no such module" in results[1].error
+    for r in (results[0], results[2]):
+        passes = r.extra["pass_medians_ms"]
+        assert r.stats is not None and len(passes) == 3
+        assert r.stats.median_ms == pytest.approx(sorted(passes)[1], abs=1e-6)
+    assert not list(tmp_path.glob("*.onnx"))  # exported once per chunk, deleted once timed
+    assert (
+        median_pass([LatencyStats.from_dict({**_ZERO, "median_ms": m}) for m in (3.0, 1.0, 9.0, 2.0)]).median_ms == 2.0
+    )
+    with pytest.raises(ProfilingError, match="passes"):
+        next(time_jobs(backend, jobs, QUICK, tmp_path, passes=0))
+
+
+_ZERO = dict.fromkeys(("p10_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms"), 0.0) | {"n": 1}
+
+
+def test_profile_in_passes_records_each_pass(tmp_path: Path, space) -> None:
+    report = profile_lut(
+        space=space, out=tmp_path / "lut.db", module_pieces=pieces_of, network_body=body_of,
+        archs=sample_models(space, 1, seed=0), timing=QUICK, passes=2, backend_opts={"threads": 1},
+        all_structures=False,
+    )  # fmt: skip
+    assert not report.failures and report.models_timed == 1 and report.modules_timed == 2
+    with open_table(tmp_path / "lut.db") as table:
+        rows = [*table.module_rows(), *table.model_rows()]
+    assert len(rows) == 3 and all(len(r.extra["pass_medians_ms"]) == 2 for r in rows)
+    assert all(r.stats.median_ms == min(r.extra["pass_medians_ms"]) for r in rows)  # even count: the lower one

@@ -82,6 +82,22 @@ def fixed_proposals(arch: Arch, n: int) -> torch.Tensor:
     return box_ops.clip_boxes_to_image(boxes, (h, w))
 
 
+def decode_boxes(coder: Any, deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """torchvision's `BoxCoder.decode_single`, with Python floats where it builds `torch.tensor(0.5)`:
+    that is a host-to-device copy on CUDA, which CUDA graph capture refuses."""
+    boxes = boxes.to(deltas.dtype)
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    ctr_x, ctr_y = boxes[:, 0] + 0.5 * widths, boxes[:, 1] + 0.5 * heights
+    wx, wy, ww, wh = coder.weights
+    dw = torch.clamp(deltas[:, 2::4] / ww, max=coder.bbox_xform_clip)
+    dh = torch.clamp(deltas[:, 3::4] / wh, max=coder.bbox_xform_clip)
+    pred_ctr_x = deltas[:, 0::4] / wx * widths[:, None] + ctr_x[:, None]
+    pred_ctr_y = deltas[:, 1::4] / wy * heights[:, None] + ctr_y[:, None]
+    half_w, half_h = 0.5 * (torch.exp(dw) * widths[:, None]), 0.5 * (torch.exp(dh) * heights[:, None])
+    corners = (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h)
+    return torch.stack(corners, dim=2).flatten(1)
+
+
 class RoIStage(nn.Module):
     """RoIAlign + box head(s) + predictor(s) on fixed proposals; forward(*pooled_level_features)."""
 
@@ -136,7 +152,7 @@ class RoIStage(nn.Module):
             class_logits, deltas = predictor(head(torch.cat(pooled)))
             outputs += [class_logits, deltas]
             if stage + 1 < len(self.box_heads):
-                boxes = box_ops.clip_boxes_to_image(self.coders[stage].decode_single(deltas, boxes), self.image_hw)
+                boxes = box_ops.clip_boxes_to_image(decode_boxes(self.coders[stage], deltas, boxes), self.image_hw)
         return tuple(outputs)
 
     def _proposal_slices(self) -> list[tuple[int, int]]:

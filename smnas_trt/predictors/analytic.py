@@ -20,6 +20,7 @@ computed at their actual base.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from functools import cache
 
@@ -133,23 +134,32 @@ def stage_coefficients(bottleneck: bool, groups: int, group_width: int, base: in
     expansion = 4 if bottleneck else 1
     planes = base * 2**doublings_before
     inplanes = base if stage == 0 else planes * expansion
-    at_in, at_out = Counter(), Counter()
+    total = (0.0,) * len(STAGE_COEF_FIELDS)
     for j, digit in enumerate(code):
         if digit == "2":
             planes *= 2
-        stride = 2 if stage > 0 and j == 0 else 1
-        out = planes * expansion
-        if bottleneck:
-            mid = int(planes * (group_width / 64.0)) * groups
-            (at_in if stride == 2 else at_out).conv(inplanes, mid, 1, 1, norm=True)  # torchvision strides the 3x3
-            at_out.conv(mid, mid, 3, 1, groups=groups, norm=True)
-            at_out.conv(mid, out, 1, 1, norm=True)
-        else:
-            at_out.conv(inplanes, planes, 3, 1, norm=True)
-            at_out.conv(planes, planes, 3, 1, norm=True)
-        if stride != 1 or inplanes != out:
-            at_out.conv(inplanes, out, 1, 1, norm=True)
-        inplanes = out
+        block = _block_coefficients(bottleneck, groups, group_width, inplanes, planes, stage > 0 and j == 0)
+        total = tuple(map(operator.add, total, block))
+        inplanes = planes * expansion
+    return total
+
+
+@cache
+def _block_coefficients(bottleneck: bool, groups: int, group_width: int, inplanes: int, planes: int,
+                        strided: bool) -> tuple[float, ...]:
+    """`stage_coefficients` of one block (cached: far fewer distinct blocks than stage codes)."""
+    at_in, at_out = Counter(), Counter()
+    out = planes * (4 if bottleneck else 1)
+    if bottleneck:
+        mid = int(planes * (group_width / 64.0)) * groups
+        (at_in if strided else at_out).conv(inplanes, mid, 1, 1, norm=True)  # torchvision strides the 3x3
+        at_out.conv(mid, mid, 3, 1, groups=groups, norm=True)
+        at_out.conv(mid, out, 1, 1, norm=True)
+    else:
+        at_out.conv(inplanes, planes, 3, 1, norm=True)
+        at_out.conv(planes, planes, 3, 1, norm=True)
+    if strided or inplanes != out:
+        at_out.conv(inplanes, out, 1, 1, norm=True)
     return (at_in.flops, at_out.flops, at_in.act_elems, at_out.act_elems, at_in.norm_elems, at_out.norm_elems,
             at_in.params + at_out.params, at_in.params_lin + at_out.params_lin, at_in.layers + at_out.layers)
 

@@ -47,8 +47,10 @@ def stage_key(size: InputSize, b: Backbone, stage: int, doublings_before: int) -
             cur = (1, mbv2_channels(b.width_mult)[0], *_level(size, 1))
         else:
             cur = (1, b.base, *_level(size, 2))
-    else:
-        cur = (1, backbone_channels(b)[stage - 1], *_level(size, stage + 1))
+    elif b.kind == "mobilenetv2":
+        cur = (1, mbv2_channels(b.width_mult)[stage], *_level(size, stage + 1))
+    else:  # the previous stage's output: its last planes (base doubled per "2" so far) times the expansion
+        cur = (1, b.base * 2**doublings_before * (4 if is_bottleneck(b.depth) else 1), *_level(size, stage + 1))
     if b.kind == "mobilenetv2":
         return f"stage:{_family(b)}:s{stage + 1}:in{_shape(cur)}"
     planes_before = b.base * 2**doublings_before

@@ -15,17 +15,19 @@ functions here so the loop does not depend on how the builder splits a detector.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from smnas_trt.errors import ArchError, ProfilingError, SmnasError
-from smnas_trt.profiling.backends import Backend, get_backend
+from smnas_trt.profiling.backends import Backend, Runner, get_backend
 from smnas_trt.profiling.export import Exporter, export_onnx
 from smnas_trt.profiling.lut import LatencyTable
 from smnas_trt.profiling.timing import LatencyStats, TimingConfig
@@ -177,6 +179,28 @@ def batched(inputs: tuple[Any, ...], batch: int) -> tuple[Any, ...]:
     return tuple(t.repeat(batch, *([1] * (t.dim() - 1))) for t in inputs)
 
 
+def prepare_module(
+    backend: Backend, module: Any, inputs: tuple[Any, ...], work_dir: Path, name: str, exporter: Exporter = "dynamo"
+) -> tuple[Callable[[], Runner], dict[str, Any]]:
+    """(a loader of a fresh runner, extra row fields) for one module: torch runs it as is, other
+    backends through a checked ONNX export written once to `work_dir`."""
+    inputs = batched(inputs, backend.batch)
+    if backend.name == "torch":
+        return (lambda: backend.load_module(module, inputs)), {"exporter": "none"}
+    path = work_dir / _onnx_name(f"{exporter}:{name}")
+    info = export_onnx(module, inputs, path, exporter=exporter, precision=backend.precision)
+    return (lambda: backend.load(path)), {"exporter": info.exporter, "opset": info.opset, "onnx_sha256": info.sha256}
+
+
+def median_pass(passes: Sequence[LatencyStats]) -> LatencyStats:
+    """The pass whose median is the median of the pass medians (the lower one for an even count).
+
+    A disturbance (another process, a frequency dip) that spans less than one pass slows the runs
+    of that pass only; this choice discards it, where pooling every run would shift the median.
+    """
+    return sorted(passes, key=lambda s: s.median_ms)[(len(passes) - 1) // 2]
+
+
 def time_module(
     backend: Backend,
     module: Any,
@@ -187,15 +211,84 @@ def time_module(
     exporter: Exporter = "dynamo",
 ) -> tuple[LatencyStats, dict[str, Any]]:
     """Time one module on `backend`: directly for torch, through a checked ONNX export otherwise."""
-    inputs = batched(inputs, backend.batch)
-    if backend.name == "torch":
-        with backend.load_module(module, inputs) as runner:
-            return runner.time(timing), {"exporter": "none"}
-    path = work_dir / _onnx_name(f"{exporter}:{name}")
-    info = export_onnx(module, inputs, path, exporter=exporter, precision=backend.precision)
-    with backend.load(path) as runner:
-        stats = runner.time(timing)
-    return stats, {"exporter": info.exporter, "opset": info.opset, "onnx_sha256": info.sha256}
+    load, extra = prepare_module(backend, module, inputs, work_dir, name, exporter)
+    with load() as runner:
+        return runner.time(timing), extra
+
+
+@dataclass(frozen=True, slots=True)
+class TimingJob:
+    """One entry to time: `name` is unique within a run (it names the ONNX file); `build` returns
+    (module, example inputs) and is called only when the job's turn comes."""
+
+    name: str
+    build: Callable[[], tuple[Any, tuple[Any, ...]]]
+    exporter: Exporter = "dynamo"
+    label: str = ""  # for progress and failure lines
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    job: TimingJob
+    stats: LatencyStats | None  # None when the job failed
+    extra: dict[str, Any]  # row fields: exporter, opset, ONNX hash, pass medians
+    error: str = ""  # one line, when it failed
+
+
+PASS_CHUNK = 20  # jobs exported together and then timed pass after pass (bounds the ONNX files kept)
+
+
+def time_jobs(
+    backend: Backend,
+    jobs: Iterable[TimingJob],
+    timing: TimingConfig,
+    work_dir: Path,
+    passes: int = 1,
+    keep_onnx: bool = False,
+) -> Iterator[JobResult]:
+    """Time each job and yield its result as soon as it is done; a failing job is reported, not raised.
+
+    With `passes` > 1 the jobs go in chunks of PASS_CHUNK: each chunk is exported once, then timed
+    `passes` times over (a fresh runner each time, so the passes of one job are seconds apart), and each
+    job keeps its `median_pass`; `extra["pass_medians_ms"]` records every pass. ONNX files are deleted
+    once their chunk is timed, unless `keep_onnx`.
+    """
+    if passes < 1:
+        raise ProfilingError(f"passes must be >= 1, got {passes}")
+    pending = iter(jobs)
+    while chunk := list(itertools.islice(pending, 1 if passes == 1 else PASS_CHUNK)):
+        loaders: dict[str, Callable[[], Runner]] = {}
+        extras: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+        for job in chunk:
+            try:
+                module, inputs = job.build()
+                loaders[job.name], extras[job.name] = prepare_module(
+                    backend, module, inputs, work_dir, job.name, job.exporter
+                )
+            except Exception as e:  # one bad entry must not end a long run; it is reported
+                errors[job.name] = _one_line(e)
+        runs: dict[str, list[LatencyStats]] = {name: [] for name in loaders}
+        for _ in range(passes):
+            for name, load in loaders.items():
+                if name in errors:
+                    continue
+                try:
+                    with load() as runner:
+                        runs[name].append(runner.time(timing))
+                except Exception as e:
+                    errors[name] = _one_line(e)
+        for job in chunk:
+            if job.name in errors:
+                yield JobResult(job, None, {}, errors[job.name])
+                continue
+            extra = extras[job.name]
+            if passes > 1:
+                extra["pass_medians_ms"] = [round(s.median_ms, 6) for s in runs[job.name]]
+            yield JobResult(job, median_pass(runs[job.name]), extra)
+        if not keep_onnx:
+            for job in chunk:
+                (work_dir / _onnx_name(f"{job.exporter}:{job.name}")).unlink(missing_ok=True)
 
 
 ProgressFn = Callable[[str], None]
@@ -204,6 +297,14 @@ ProgressFn = Callable[[str], None]
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return text if isinstance(e, SmnasError) else f"{type(e).__name__}: {text}"[:300]
+
+
+def _fixed(module: Any, inputs: tuple[Any, ...]) -> Callable[[], tuple[Any, tuple[Any, ...]]]:
+    return lambda: (module, inputs)
+
+
+def _put_module(table: LatencyTable, piece: Piece, stats: LatencyStats, extra: dict[str, Any]) -> None:
+    table.put_module(piece.key, piece.kind, piece_config(piece), stats, extra)
 
 
 def profile_lut(
@@ -222,6 +323,7 @@ def profile_lut(
     max_modules: int = DEFAULT_MAX_MODULES,
     all_structures: bool = True,
     timing: TimingConfig | None = None,
+    passes: int = 1,
     work_dir: str | Path | None = None,
     on_plan: Callable[[int], None] | None = None,
     on_item: ProgressFn | None = None,
@@ -232,9 +334,12 @@ def profile_lut(
     example inputs); `end2end(arch)` likewise for the full detector (exported with the legacy
     exporter, `end2end` scope). Any may be None to skip that part. `on_plan(total)` is called once with the
     number of items to time, `on_item(label)` after each. `all_structures=False` limits module
-    pieces to those of the whole models being timed (benchmarks, quick checks).
+    pieces to those of the whole models being timed (benchmarks, quick checks). `passes` > 1 times
+    every entry that many times, chunk by chunk, and keeps the median pass (see `time_jobs`).
     """
     out = Path(out)
+    if passes < 1:  # checked before the table file is created
+        raise ProfilingError(f"passes must be >= 1, got {passes}")
     if out.exists() and not resume:
         raise ProfilingError(f"{out} exists; pass --resume to continue it, or choose another --out")
     timing = timing or TimingConfig()
@@ -268,27 +373,30 @@ def profile_lut(
         report.models_skipped = len(model_archs) * len(hooks) - len(todo_models)
         if on_plan is not None:
             on_plan(len(todo_pieces) + len(todo_models))
+        # Each job's name is its table key; `put` stores its row once timed.
+        put: dict[str, Callable[[LatencyStats, dict[str, Any]], object]] = {}
+        jobs: list[TimingJob] = []
+        piece_keys = {p.key for p in todo_pieces}
+        for p in todo_pieces:
+            jobs.append(TimingJob(p.key, _fixed(p.module, p.inputs), label=f"module {p.kind} {p.key}"))
+            put[p.key] = functools.partial(_put_module, table, p)
+        for a, scope, build in todo_models:
+            name = f"{scope}:{a}"
+            exporter: Exporter = "dynamo" if scope == "network" else "legacy"
+            jobs.append(TimingJob(name, functools.partial(build, a), exporter, label=f"model {a} ({scope})"))
+            put[name] = functools.partial(table.put_model, a, scope)
         try:
-            for piece in todo_pieces:
-                try:
-                    stats, extra = time_module(backend, piece.module, piece.inputs, onnx_dir, piece.key, timing)
-                    table.put_module(piece.key, piece.kind, piece_config(piece), stats, extra)
-                    report.modules_timed += 1
-                except Exception as e:  # one bad piece must not end a long run; it is reported
-                    report.failures.append(f"module {piece.key}: {_one_line(e)}")
+            for result in time_jobs(backend, jobs, timing, onnx_dir, passes, keep_onnx=work_dir is not None):
+                if result.stats is None:
+                    report.failures.append(f"{result.job.label}: {result.error}")
+                else:
+                    put[result.job.name](result.stats, result.extra)
+                    if result.job.name in piece_keys:
+                        report.modules_timed += 1
+                    else:
+                        report.models_timed += 1
                 if on_item is not None:
-                    on_item(f"{piece.kind} {piece.key}")
-            for arch, scope, build in todo_models:
-                try:
-                    module, inputs = build(arch)
-                    exporter: Exporter = "dynamo" if scope == "network" else "legacy"
-                    stats, extra = time_module(backend, module, inputs, onnx_dir, str(arch), timing, exporter)
-                    table.put_model(arch, scope, stats, extra)
-                    report.models_timed += 1
-                except Exception as e:
-                    report.failures.append(f"model {arch} ({scope}): {_one_line(e)}")
-                if on_item is not None:
-                    on_item(f"{scope} {arch}")
+                    on_item(result.job.label)
         except KeyboardInterrupt:
             report.interrupted = True
     report.elapsed_s = time.perf_counter() - t0

@@ -1,0 +1,86 @@
+"""`smnas profile-lut`'s torch-backend options reach the backend, and misuse ends in one line with exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from smnas_trt.cli import main
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Run the real entry point (the one `smnas` calls) in-process; returns (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["smnas", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
+
+
+def profile_args(out: Path, backend: str, *extra: str) -> list[str]:
+    return ["profile-lut", "--space", "tiny", "--backend", backend, "--models", "1", "--no-modules",
+            "--out", str(out), *extra]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_gpu_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lut.db"
+    code, err = run_main(monkeypatch, capsys, *profile_args(out, "torch", "--device", "cuda"))
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "torch backend on cuda needs a CUDA GPU" in err
+    assert not out.exists()
+
+
+def test_device_option_refused_by_ort_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lut.db"
+    code, err = run_main(monkeypatch, capsys, *profile_args(out, "ort-cpu", "--device", "cpu"))
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "backend ort-cpu takes no option device" in err
+    assert not out.exists()
+
+
+def test_cuda_graphs_needs_cuda_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lut.db"
+    code, err = run_main(monkeypatch, capsys, *profile_args(out, "torch", "--cuda-graphs"))
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "cuda_graphs needs device='cuda'" in err
+
+
+def test_device_cpu_reaches_torch_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smnas_trt.profiling.lut import LatencyTable
+
+    out = tmp_path / "lut.db"
+    args = profile_args(out, "torch", "--device", "cpu", "--threads", "1", "--budget-s", "0", "--min-runs", "1",
+                        "--passes", "2")
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0, err
+    with LatencyTable.open(out) as table:
+        assert table.fingerprint.backend == "torch" and table.fingerprint.device_kind == "cpu"
+        assert table.fingerprint.threads == 1
+        rows = table.model_rows("network")
+        assert len(rows) == 1 and len(rows[0].extra["pass_medians_ms"]) == 2
+
+
+def test_passes_below_one_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lut.db"
+    code, err = run_main(monkeypatch, capsys, *profile_args(out, "ort-cpu", "--passes", "0"))
+    assert code == 2 and err.strip().count("\n") == 0 and "passes must be >= 1" in err
+    assert not out.exists()
