@@ -58,13 +58,13 @@ def profile_models(wanted: dict[Path, tuple[list, int]], threads: int, budget_s:
     timing = TimingConfig(min_runs=10, max_runs=1000, budget_s=budget_s)
     tables = {path: LatencyTable.create(path, backend.fingerprint()) for path in wanted}
     failed = {path: _failed(path) for path in wanted}
-    for path, table in tables.items():
-        counts = {_passes_of(r.extra) for r in table.model_rows("network")}
-        if counts - {passes}:
-            raise SystemExit(f"{path} holds models timed in {sorted(counts)} passes, not {passes}: "
-                             f"use --passes {min(counts)} or another --out")
     start = time.perf_counter()
     try:
+        for path, table in tables.items():
+            counts = {_passes_of(r.extra) for r in table.model_rows("network")}
+            if counts - {passes}:
+                raise SystemExit(f"{path} holds models timed in {sorted(counts)} passes, not {passes}: "
+                                 f"use --passes {min(counts)} or another --out")
         while True:
             queues = {}
             for path, (candidates, target) in wanted.items():

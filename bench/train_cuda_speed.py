@@ -11,8 +11,8 @@ Measured (NVIDIA H200, torch 2.11.0+cu130, 16 cores, bench/gpu_checks.sh, --budg
 Faster R-CNN R50-FPN 70.3 img/s overall, 74.9 steady, 160 iterations, loss 1.394 -> 0.571, 11.5 GiB peak;
 RetinaNet R50-FPN 75.9 / 75.3 img/s, 200 iterations, loss 1.957 -> 0.775, 11.4 GiB peak (AMP on, batch 16).
 
-The demo data is generated in parallel shards (generate_demo is one seeded stream per split, so each shard
-is its own generate_demo call with its own seed) and merged into one COCO folder, reused on the next run.
+The demo data comes from `generate_demo` (one process; about 40 s for the default 672 images at 512 px) and
+is reused on the next run.
 
     python3 bench/train_cuda_speed.py --json gpu_out/train_cuda_speed.json          # on the GPU machine
     python3 bench/train_cuda_speed.py --no-amp --archs 1                            # AMP off, to compare
@@ -25,12 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
-import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,76 +37,11 @@ import torch
 from _paper_archs import parse_size, reference_archs
 
 from smnas_trt.data import generate_demo
-from smnas_trt.data.demo import DEMO_FORMAT, DEMO_VERSION
-from smnas_trt.fileio import atomic_dir, atomic_write_json
+from smnas_trt.errors import SmnasError
+from smnas_trt.fileio import atomic_write_json
 from smnas_trt.profiling.fingerprint import cpu_count
 from smnas_trt.training import TrainConfig, evaluate_checkpoint, train_arch
 from smnas_trt.training.trainer import CHECKPOINT_NAME
-
-MIN_SHARD = 16  # images per generator process; below this, process start-up outweighs the split
-
-
-# ------------------------------------------------------------------------------------------- data
-def _generate_shard(job: tuple[str, int, int, int, int]) -> str:
-    out, n_train, n_val, size, seed = job
-    return str(generate_demo(out, n_train=n_train, n_val=n_val, size=size, seed=seed))
-
-
-def _marker(n_train: int, n_val: int, size: int) -> dict[str, Any]:
-    # The demo format name keeps the trainer's demo-digit default (no horizontal flips).
-    return {"format": DEMO_FORMAT, "version": DEMO_VERSION, "n_train": n_train, "n_val": n_val, "size": size,
-            "seed": "train_cuda_speed shards"}
-
-
-def make_dataset(out: Path, n_train: int, n_val: int, size: int, procs: int) -> tuple[Path, float, bool]:
-    """(folder, seconds, reused): `n_train` + `n_val` demo images of `size` px, generated in parallel shards."""
-    start = time.perf_counter()
-    marker_file = out / "demo.json"
-    if marker_file.is_file():
-        try:
-            if json.loads(marker_file.read_text()) == _marker(n_train, n_val, size):
-                return out, time.perf_counter() - start, True
-        except json.JSONDecodeError:
-            pass
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"--data {out} exists and holds other files; remove it or pass another --data")
-    shards = max(1, min(procs - 1, n_train // MIN_SHARD)) if procs > 1 else 1
-    counts = [n_train // shards + (1 if i < n_train % shards else 0) for i in range(shards)]
-    with atomic_dir(out) as tmp:
-        work = tmp / "_shards"
-        # One val-only job (its 1 train image is discarded), then train-only jobs (their 1 val image likewise).
-        jobs = [(str(work / "val"), 1, n_val, size, 10_000)]
-        jobs += [(str(work / f"train{i}"), n, 1, size, i) for i, n in enumerate(counts)]
-        if procs > 1:
-            # fork: nothing has touched CUDA yet, and the children need no fresh interpreter
-            with ProcessPoolExecutor(min(procs, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
-                list(pool.map(_generate_shard, jobs))
-        else:
-            for job in jobs:
-                _generate_shard(job)
-        os.replace(work / "val" / "val", tmp / "val")
-        shutil.copyfile(work / "val" / "instances_val.json", tmp / "instances_val.json")
-        (tmp / "train").mkdir()
-        merged: dict[str, Any] = {"images": [], "annotations": []}
-        for i in range(shards):
-            shard = work / f"train{i}"
-            coco = json.loads((shard / "instances_train.json").read_text())
-            new_ids: dict[int, int] = {}
-            for image in coco["images"]:
-                new_id = len(merged["images"]) + 1
-                new_ids[image["id"]] = new_id
-                file_name = f"{new_id:06d}.png"
-                os.replace(shard / "train" / image["file_name"], tmp / "train" / file_name)
-                merged["images"].append({**image, "id": new_id, "file_name": file_name})
-            for ann in coco["annotations"]:
-                merged["annotations"].append({**ann, "id": len(merged["annotations"]) + 1,
-                                              "image_id": new_ids[ann["image_id"]]})
-            if i == 0:
-                merged["info"], merged["categories"] = coco["info"], coco["categories"]
-        (tmp / "instances_train.json").write_text(json.dumps(merged))
-        shutil.rmtree(work)
-        (tmp / "demo.json").write_text(json.dumps(_marker(n_train, n_val, size), indent=2) + "\n")
-    return out, time.perf_counter() - start, False
 
 
 # --------------------------------------------------------------------------------------- training
@@ -206,9 +138,14 @@ def main() -> None:
         raise SystemExit("--device cuda: torch sees no CUDA GPU here (use --device cpu for a dry run)")
     refs = reference_archs(size, args.archs, args.space)
     data_dir = Path(args.data or f"/tmp/smnas-speed-data-{side}-{args.train_images}-{args.val_images}")
-    data, data_s, reused = make_dataset(data_dir, args.train_images, args.val_images, side, cpu_count())
-    print(f"data {data}: {args.train_images} train + {args.val_images} val images at {side} px, "
-          f"{'reused' if reused else f'generated in {data_s:.1f} s on {cpu_count()} cores'}", flush=True)
+    start = time.perf_counter()
+    try:
+        data = generate_demo(data_dir, n_train=args.train_images, n_val=args.val_images, size=side)  # reused if there
+    except SmnasError as e:
+        raise SystemExit(f"--data: {e}") from None
+    data_s = time.perf_counter() - start
+    print(f"data {data}: {args.train_images} train + {args.val_images} val images at {side} px "
+          f"({data_s:.1f} s to generate or find)", flush=True)
 
     iters_per_epoch = math.ceil(args.train_images / args.batch_size)
     epochs = max(1, round(args.iters / iters_per_epoch))

@@ -27,37 +27,23 @@ def profile_args(out: Path, backend: str, *extra: str) -> list[str]:
             "--out", str(out), *extra]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_device_cuda_without_gpu_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+
+
+@pytest.mark.parametrize(("backend", "extra", "message"), [
+    pytest.param("torch", ("--device", "cuda"), "torch backend on cuda needs a CUDA GPU", marks=NO_GPU),
+    ("ort-cpu", ("--device", "cpu"), "backend ort-cpu takes no option device"),
+    ("torch", ("--cuda-graphs",), "cuda_graphs needs device='cuda'"),
+    ("ort-cpu", ("--passes", "0"), "passes must be >= 1"),
+])
+def test_misuse_is_one_line_and_writes_nothing(
+    backend: str, extra: tuple[str, ...], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "lut.db"
-    code, err = run_main(monkeypatch, capsys, *profile_args(out, "torch", "--device", "cuda"))
-    assert code == 2
-    assert err.strip().count("\n") == 0
-    assert "torch backend on cuda needs a CUDA GPU" in err
+    code, err = run_main(monkeypatch, capsys, *profile_args(out, backend, *extra))
+    assert code == 2 and err.strip().count("\n") == 0 and message in err
     assert not out.exists()
-
-
-def test_device_option_refused_by_ort_cpu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "lut.db"
-    code, err = run_main(monkeypatch, capsys, *profile_args(out, "ort-cpu", "--device", "cpu"))
-    assert code == 2
-    assert err.strip().count("\n") == 0
-    assert "backend ort-cpu takes no option device" in err
-    assert not out.exists()
-
-
-def test_cuda_graphs_needs_cuda_device(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "lut.db"
-    code, err = run_main(monkeypatch, capsys, *profile_args(out, "torch", "--cuda-graphs"))
-    assert code == 2
-    assert err.strip().count("\n") == 0
-    assert "cuda_graphs needs device='cuda'" in err
 
 
 def test_device_cpu_reaches_torch_backend(
@@ -76,11 +62,3 @@ def test_device_cpu_reaches_torch_backend(
         rows = table.model_rows("network")
         assert len(rows) == 1 and len(rows[0].extra["pass_medians_ms"]) == 2
 
-
-def test_passes_below_one_is_one_line_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "lut.db"
-    code, err = run_main(monkeypatch, capsys, *profile_args(out, "ort-cpu", "--passes", "0"))
-    assert code == 2 and err.strip().count("\n") == 0 and "passes must be >= 1" in err
-    assert not out.exists()
