@@ -12,63 +12,44 @@ from smnas_trt.space.config import BUILTIN_SPACES
 
 BENCH_DIR = Path("/tmp/smnas-bench")
 
-# One-stage detectors at 96x96 on digits rendered at 128 px: a candidate trains in 0.5-2 minutes on 2 cores to
-# AP 0.01-0.08 (measured), enough spread between models for fronts to differ while three searches fit in an hour.
-SMALL_SPACE_YAML = """\
-name: small
-sizes: [96x96]
-backbones: [resnet18, resnet34, mobilenetv2]
-necks: [none:C4, fpn:P3-P5, fpn:P3-P6]
-heads: [fcos, retina]
-base_channels: [8, 16, 24]
-blocks: [5, 15]
-doublings: 3
-mobilenet_widths: [0.25, 0.35, 0.5]
-fpn_channels: [32, 48, 64]
-dense_depths: [1, 2]
-dense_widths: [32, 48, 64]
-fc_widths: [64]
-defaults: {base: 16, fpn_channels: 48, dense_depth: 2, dense_width: 48, fc_width: 64, mobilenet_width: 0.35}
-"""
-
-
 @dataclass(frozen=True)
 class Scale:
-    """Everything a benchmark scale fixes: space, generated data, table size, recipe and search shape."""
+    """Everything a benchmark scale fixes: space, generated data, table size, recipe and search shape.
+
+    `rungs` is the multi-fidelity variant's successive halving (eta 3, one top-rung candidate per
+    generation); the fixed-epoch variants train `per_gen` candidates per generation for `rungs[-1]` epochs.
+    `cpu_budget_s` is each variant's training budget in CPU-seconds (all workers)."""
 
     space: str  # built-in name, or the name of a space YAML written under BENCH_DIR
     data: dict[str, int]  # generate_demo arguments ({}: the demo defaults)
     table_models: int
     table_modules: bool  # time module pieces too (LUT features); minutes to an hour
-    generations: int
+    rungs: tuple[int, ...]
     per_gen: int
+    cpu_budget_s: float
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+DEMO_RECIPE = {"training.batch_size": 8, "training.lr": 0.003, "training.warmup_iters": 100}
+
 SCALES = {
     # Seconds per candidate; AP ~0.01, so only the trainings wasted over budget mean anything.
-    "quick": Scale("tiny", {"n_train": 96, "n_val": 32, "size": 64}, 40, False, 3, 3, {
+    "quick": Scale("tiny", {"n_train": 96, "n_val": 32, "size": 64}, 40, False, (1, 2, 3), 3, 120, {
         "training.max_train_images": 96, "training.batch_size": 8, "training.warmup_iters": 4, "training.lr": 0.01,
-        "evaluation.max_images": 32, "structural.epochs": 1, "modular.epochs": 1}),
-    # About a minute per candidate, AP 0.01-0.08: hypervolumes worth comparing (one seed: read with care).
-    "small": Scale("small", {"n_train": 1000, "n_val": 200, "size": 128}, 60, False, 3, 3, {
-        "training.max_train_images": 1000, "training.batch_size": 8, "training.warmup_iters": 50,
-        "training.lr": 0.003, "evaluation.max_images": 200, "structural.epochs": 4, "modular.epochs": 4}),
-    # configs/search_demo.yaml on the demo space and data: hours on 2 cores.
-    "full": Scale("demo", {}, 200, True, 4, 3),
+        "evaluation.max_images": 32}),
+    # The demo space on the demo data (2,000 images at 160 px, models at 128-160 px), 8 epochs at the top
+    # rung: the r18 FPN FCOS reference reaches AP 0.47 in 8 epochs (0.51 in 12); ~30-60 s of one core per
+    # candidate-epoch on the 2-core benchmark machine, so each variant's 40 CPU-minutes buy ~6 full trainings.
+    "medium": Scale("demo", {"n_train": 2000, "n_val": 300, "size": 160}, 60, False, (1, 3, 8), 2, 2400,
+                    {**DEMO_RECIPE, "evaluation.max_images": 150, "latency.budget_ms": 8.0}),
 }
 
 
 def space_arg(scale: Scale) -> str:
-    """What a search config's `space:` gets: a built-in name, or the path of the bench's own YAML."""
-    if scale.space in BUILTIN_SPACES:
-        return scale.space
-    path = BENCH_DIR / f"space_{scale.space}.yaml"
-    text = {"small": SMALL_SPACE_YAML}[scale.space]
-    if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return str(path)
+    """What a search config's `space:` gets (every scale uses a built-in space)."""
+    if scale.space not in BUILTIN_SPACES:
+        raise ValueError(f"scale space {scale.space!r} is not a built-in space")
+    return scale.space
 
 
 def ensure_data(path: Path, scale: Scale) -> Path:
@@ -119,26 +100,44 @@ def median_model_ms(table: Path, scope: str = "network") -> float:
     return statistics.median(r.median_ms for r in read_model_records(table, scope=scope, allow_foreign=True))
 
 
-def summarise_run(run_dir: Path) -> dict[str, Any]:
+def summarise_run(run_dir: Path, cpu_budget_s: float | None = None) -> dict[str, Any]:
+    """Figures of one search run, counting only trainings finished within `cpu_budget_s` CPU-seconds.
+
+    Rung trainings are replayed in the order they finished, adding up their CPU-seconds; a candidate is on
+    the counted front when its top rung finished within the budget (anytime comparison at equal compute)."""
     from smnas_trt.search import load_frozen_config
-    from smnas_trt.search.pareto import hypervolume_2d
+    from smnas_trt.search.pareto import hypervolume_2d, pareto_front
 
     cfg = load_frozen_config(run_dir)
     budget = cfg.latency.budget_ms
     store = RunStore(run_dir / "run.db", readonly=True)
     try:
-        cands = store.candidates()
-        front = store.front()
+        cands = {c.arch_id: c for c in store.candidates()}
+        rungs = sorted(store.rung_results(), key=lambda r: r.finished_at)
     finally:
         store.close()
-    trained = [c for c in cands if c.train_seconds is not None]
+    spent = 0.0
+    counted = []
+    for r in rungs:
+        if cpu_budget_s is not None and spent + (r.cpu_seconds or 0.0) > cpu_budget_s * 1.0001:
+            break
+        spent += r.cpu_seconds or 0.0
+        counted.append(r)
+    top_done = {r.arch_id for r in counted if cands[r.arch_id].status == "done" and cands[r.arch_id].rung == r.rung}
+    pool = [cands[a] for a in top_done if cands[a].measured_ms is not None and cands[a].ap is not None
+            and (cands[a].measured_ms or 0.0) <= budget]
+    front = [pool[i] for i in pareto_front([c.point for c in pool])]
+    over = [r for r in counted if (cands[r.arch_id].measured_ms or 0.0) > budget]
     return {
         "hypervolume": round(hypervolume_2d([c.point for c in front], (budget, 0.0)) / budget, 5),
         "front_size": len(front),
         "best_ap": round(max((c.ap or 0.0 for c in front), default=0.0), 4),
-        "trained": len(trained),
-        "trained_over_budget": sum(1 for c in trained if c.measured_ms is not None and c.measured_ms > budget),
-        "timed": sum(1 for c in cands if c.measured_ms is not None),
-        "skipped_over_budget": sum(1 for c in cands if c.status == "over_budget"),
-        "train_seconds": round(sum(c.train_seconds or 0.0 for c in trained), 1),
+        "best_arch": max(front, key=lambda c: c.ap or 0.0).arch if front else None,
+        "top_rung_models": len(top_done),
+        "trainings": len(counted),
+        "trainings_over_budget": len(over),
+        "cpu_s": round(spent, 1),
+        "cpu_s_all": round(sum(r.cpu_seconds or 0.0 for r in rungs), 1),
+        "timed": sum(1 for c in cands.values() if c.measured_ms is not None),
+        "skipped_over_budget": sum(1 for c in cands.values() if c.status == "over_budget"),
     }

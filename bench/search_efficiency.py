@@ -1,26 +1,35 @@
-"""Gated SM-NAS evolution vs random search vs evolution without the gate, at the same training budget.
+"""Multi-fidelity gated SM-NAS vs the gated search with fixed epochs vs random search, at equal training compute.
 
-Each variant trains the same number of candidates with the same recipe, on the same data, with the
-same latency table and initial predictor. Printed per variant: hypervolume of the measured front
-(reference point: budget ms, AP 0; normalised by budget x 1 AP), front size, trainings spent on
-candidates that measured over the budget, timings taken, wall time.
+Every variant starts from the same data, latency table and initial predictor, trains with the same recipe
+and the same default executor (one-thread workers side by side), and gets the same training budget in
+CPU-seconds (`max_train_cpu_s`; the figures count only trainings finished within it, replayed in the order
+they finished, so a variant that overshoots at its last generation gains nothing from it). Variants:
 
-    flock /tmp/smnas-bench.lock .venv/bin/python bench/search_efficiency.py --scale small
+- `multi-fidelity`: predictor gate + Pareto-aware successive halving (the scale's rungs, eta 3, one
+  top-rung candidate per generation): structural, then modular generations;
+- `fixed-epochs`: the same gated search, `per_gen` candidates per generation trained for the top epochs;
+- `random`: uniform random architectures, no gate, trained for the top epochs.
 
-Scales (bench/_search_bench.py): `quick` (tiny 64x64 space, 96 images, 1 epoch: minutes; AP ~0.01, so
-only the wasted trainings mean anything), `small` (one-stage 96x96 space, 1,000 images rendered at
-128 px, 4 epochs: about a minute per candidate, an hour for three variants), `full` (the demo space
-and data with configs/search_demo.yaml: hours). The latency table is profiled here (whole models of
-the space on ort-cpu, one thread) when --lut does not exist.
+Printed per variant over the seeds: hypervolume mean and spread (reference point: budget ms, AP 0; normalised
+by budget x 1 AP), the best AP under the latency budget, trainings spent on over-budget candidates, and
+CPU-seconds counted.
+
+    flock /tmp/smnas-bench.lock .venv/bin/python bench/search_efficiency.py --scale medium --seeds 0 1 2
+
+Scales (bench/_search_bench.py): `quick` (tiny 64x64 space, minutes; AP ~0.01, plumbing only) and `medium`
+(the demo space and data, 8 epochs at the top rung, 40 CPU-minutes per variant: hours for 3 seeds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _search_bench import (
     BENCH_DIR,
     SCALES,
+    Scale,
     ensure_data,
     ensure_table,
     fit_initial_predictor,
@@ -42,84 +52,88 @@ from _search_bench import (
 from smnas_trt.search import load_search_config, run_search
 from smnas_trt.search.config import apply_overrides
 
+VARIANTS = ("multi-fidelity", "fixed-epochs", "random")
 
-def variant_overrides(name: str, generations: int, per_gen: int) -> dict[str, Any]:
-    """Same number of trainings for every variant: `generations` x `per_gen` (first generation structural)."""
-    common = {"structural.generations": 1, "structural.train": per_gen, "modular.generations": generations - 1,
-              "modular.train": per_gen}
-    if name == "gated":
-        return {**common, "gate.enabled": True}
-    if name == "no-gate":
-        return {**common, "gate.enabled": False}
+
+def variant_overrides(name: str, scale: Scale) -> dict[str, Any]:
+    """The stage shape of each variant; generations run until the CPU budget stops them."""
+    top = scale.rungs[-1]
+    fixed = {"train": scale.per_gen, "rungs": [top], "eta": 3}
+    stages = {"multi-fidelity": {"train": 1, "rungs": list(scale.rungs), "eta": 3}, "fixed-epochs": fixed,
+              "random": fixed}[name]
+    common = {"max_train_cpu_s": scale.cpu_budget_s, "structural": {"generations": 1, **stages},
+              "modular": {"generations": 50, "population": 6, **stages}}
     if name == "random":
         return {**common, "strategy": "random", "gate.enabled": False}
-    raise ValueError(name)
+    return {**common, "gate.enabled": True}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", choices=sorted(SCALES), default="small", help="space, data and recipe (see above)")
+    ap.add_argument("--scale", choices=sorted(SCALES), default="medium", help="space, data and recipe (see above)")
     ap.add_argument("--config", default="demo", help="base search config (default: the built-in demo config)")
     ap.add_argument("--data", default=None, help="dataset folder (generated when missing)")
     ap.add_argument("--lut", default=None, help="latency table (profiled when missing)")
     ap.add_argument("--out", default=None, help="work folder (default /tmp/smnas-bench/search_efficiency-SCALE)")
-    ap.add_argument("--generations", type=int, default=None, help="generations per variant (default: the scale's)")
-    ap.add_argument("--per-gen", type=int, default=None, help="trainings per generation (default: the scale's)")
-    ap.add_argument("--budget-ms", type=float, default=None, help="latency budget (default: the table's median)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="search seeds (results averaged)")
-    ap.add_argument("--variants", nargs="+", default=["gated", "random", "no-gate"])
+    ap.add_argument("--cpu-budget-s", type=float, default=None, help="training CPU-seconds per variant")
+    ap.add_argument("--budget-ms", type=float, default=None, help="latency budget (default: the scale's, else "
+                    "the table's median)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--fresh", action="store_true", help="delete earlier runs in --out first")
     args = ap.parse_args()
 
     scale = SCALES[args.scale]
+    if args.cpu_budget_s:
+        scale = replace(scale, cpu_budget_s=args.cpu_budget_s)
     out = Path(args.out or BENCH_DIR / f"search_efficiency-{args.scale}")
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    generations = args.generations or scale.generations
-    per_gen = args.per_gen or scale.per_gen
     data = ensure_data(Path(args.data) if args.data else out / "data", scale)
     table = ensure_table(Path(args.lut) if args.lut else out / "lut.db", scale)
     raw = yaml.safe_load(Path(load_search_config_path(args.config)).read_text())
     raw = apply_overrides(raw, {"space": space_arg(scale), "data": str(data), "latency.lut": str(table),
                                 **scale.overrides})
     predictor_dir = fit_initial_predictor(table, out / "predictor", raw)
-    budget = args.budget_ms or median_model_ms(table, raw["latency"].get("scope", "network"))
+    budget = float(args.budget_ms or scale.overrides.get("latency.budget_ms")
+                   or median_model_ms(table, raw["latency"].get("scope", "network")))
     raw = apply_overrides(raw, {"latency.predictor": str(predictor_dir), "latency.budget_ms": round(budget, 3)})
-    print(f"budget {budget:.3f} ms ({raw['latency']['backend']} {raw['latency'].get('scope', 'network')}), "
-          f"{generations} generations x {per_gen} trainings per variant, seeds {args.seeds}")
+    print(f"scale {args.scale}: budget {budget:.3f} ms ({raw['latency']['backend']} "
+          f"{raw['latency'].get('scope', 'network')}), {scale.cpu_budget_s:.0f} training CPU-s per variant, "
+          f"top rung {scale.rungs[-1]} epochs, seeds {args.seeds}; load {os.getloadavg()[0]:.2f}", flush=True)
 
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:
         for name in args.variants:
-            cfg_raw = apply_overrides(raw, {**variant_overrides(name, generations, per_gen), "seed": seed,
-                                            "name": f"{name}-s{seed}"})
+            cfg_raw = apply_overrides(raw, {**variant_overrides(name, scale), "seed": seed, "name": f"{name}-s{seed}"})
             cfg_path = out / f"{name}-s{seed}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg_raw))
             run_dir = out / f"run-{name}-s{seed}"
             start = time.perf_counter()
             run_search(load_search_config(cfg_path), run_dir, resume=True, show_progress=False)
-            summary = summarise_run(run_dir)
+            summary = summarise_run(run_dir, scale.cpu_budget_s)
             summary["wall_s"] = round(time.perf_counter() - start, 1)
             results.setdefault(name, []).append(summary)
             print(f"  {name} seed {seed}: {json.dumps(summary)}", flush=True)
 
     print()
-    print("| variant | hypervolume (mean) | front size | trained | trained over budget | timed | "
-          "measured over budget, not trained | wall s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | hypervolume mean ± sd (per seed) | best AP under budget, mean (per seed) | trainings | "
+          "over budget | CPU-s counted | wall min |")
+    print("|---|---|---|---|---|---|---|")
     for name, rows in results.items():
-        n = len(rows)
-
-        def mean(key: str, rows: list[dict[str, Any]] = rows, n: int = n) -> float:
-            return sum(float(r[key]) for r in rows) / n
-
-        print(f"| {name} | {mean('hypervolume'):.4f} | {mean('front_size'):.1f} | {mean('trained'):.1f} | "
-              f"{mean('trained_over_budget'):.1f} | {mean('timed'):.1f} | {mean('skipped_over_budget'):.1f} | "
-              f"{mean('wall_s'):.0f} |")
-    best = max(results, key=lambda k: sum(r["hypervolume"] for r in results[k]))
-    print(f"\nhighest hypervolume: {best}; gated trainings wasted on over-budget candidates: "
-          f"{sum(r['trained_over_budget'] for r in results.get('gated', []))}")
+        hv = [r["hypervolume"] for r in rows]
+        best = [r["best_ap"] for r in rows]
+        sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
+        print(f"| {name} | {statistics.fmean(hv):.4f} ± {sd:.4f} ({', '.join(f'{x:.4f}' for x in hv)}) | "
+              f"{statistics.fmean(best):.3f} ({', '.join(f'{x:.3f}' for x in best)}) | "
+              f"{statistics.fmean(r['trainings'] for r in rows):.1f} | "
+              f"{sum(r['trainings_over_budget'] for r in rows)} | {statistics.fmean(r['cpu_s'] for r in rows):.0f} | "
+              f"{statistics.fmean(r['wall_s'] for r in rows) / 60:.1f} |")
+    by_hv = max(results, key=lambda k: statistics.fmean(r["hypervolume"] for r in results[k]))
+    by_ap = max(results, key=lambda k: statistics.fmean(r["best_ap"] for r in results[k]))
+    print(f"\nhighest mean hypervolume: {by_hv}; best mean AP under the budget: {by_ap}; "
+          f"load at end {os.getloadavg()[0]:.2f}")
 
 
 def load_search_config_path(name: str) -> Path:

@@ -376,7 +376,8 @@ def report_cmd(
     from smnas_trt.report import write_report
 
     files = write_report(run, out)
-    console.print(f"wrote {files.report_md}, {files.front_md}, {files.pareto_png}, {files.predictor_png}")
+    console.print(f"wrote {files.report_md}, {files.front_md}, {files.pareto_png}, {files.rungs_png}, "
+                  f"{files.predictor_png}")
 
 
 # ------------------------------------------------------------------------------- data / train / eval
@@ -548,14 +549,7 @@ def demo_cmd(
 
     Example: smnas demo --out demo_out
     """
-    from pathlib import Path
+    from smnas_trt.pipeline import print_demo_summary, run_demo
 
-    from smnas_trt.deploy.demo import print_demo_summary, run_demo
-    from smnas_trt.report import write_report
-
-    def report(run_dir: Path) -> tuple[Path, Path]:
-        files = write_report(run_dir)
-        return files.report_md, files.pareto_png
-
-    result = run_demo(out, console=console, report_writer=report)
+    result = run_demo(out, console=console)
     print_demo_summary(console, result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -10,19 +11,10 @@ import torch
 from rich.console import Console
 
 from smnas_trt.deploy import read_manifest
-from smnas_trt.deploy.demo import Demo, DemoPlan, _Skip, print_demo_summary, run_demo
+from smnas_trt.pipeline import Demo, DemoPlan, _Skip, print_demo_summary, run_demo
 
 ARCH = "64x64/r18_16_11-21-21-21/fpn:P3-P5:16/rpn/2fc:32"
 TINY = DemoPlan(train_images=8, val_images=3, image_size=96, deploy_verify_images=2, predict_images=2)
-
-
-
-
-def _report(run_dir: Path) -> tuple[Path, Path]:
-    from smnas_trt.report import write_report
-
-    files = write_report(run_dir)
-    return files.report_md, files.pareto_png
 
 
 def _fake_finished_search(demo: Demo) -> str:
@@ -38,10 +30,13 @@ def _fake_finished_search(demo: Demo) -> str:
                                                                 progress=False))
     (demo.run_dir / "config.yaml").write_text(demo.search_config().to_yaml())
     store = RunStore(demo.run_dir / STORE_FILE)
-    store.add_candidate(arch.id, ARCH, "structural", 0, None, 4.0, 0.4, 1)
-    store.update(arch.id, status="done", ap=0.05, ap50=0.1, measured_ms=5.0,
+    store.add_candidate(arch.id, ARCH, "structural", 0, None, 4.0, 0.4)
+    store.update(arch.id, status="done", ap=0.05, ap50=0.1, measured_ms=5.0, rung=0, epochs=1,
                  checkpoint=str(result.checkpoint.relative_to(demo.run_dir)))
     store.set_front([arch.id])
+    from smnas_trt.search.engine import FRONT_FILE, front_entry
+
+    (demo.run_dir / FRONT_FILE).write_text(json.dumps({"front": [front_entry(c) for c in store.front()]}))
     store.close()
     demo._mark("search", front=[arch.id])
     return arch.id
@@ -50,12 +45,10 @@ def _fake_finished_search(demo: Demo) -> str:
 def test_demo_steps_reuse_earlier_work_and_deploy_the_front(tmp_path: Path) -> None:
     text = io.StringIO()
     console = Console(file=text, width=120)
-    demo = Demo(tmp_path / "demo_out", TINY, console, _report)
+    demo = Demo(tmp_path / "demo_out", TINY, console)
     assert demo.step_data() is False
     assert demo.step_data() is True  # same plan: the generated data is reused
-    with pytest.raises(_Skip, match="latency table"):
-        demo.step_search()  # no table yet: the search cannot start
-    with pytest.raises(_Skip, match="finished search"):
+    with pytest.raises(_Skip, match="no model on its front"):
         demo.step_deploy()
 
     arch_id = _fake_finished_search(demo)
@@ -70,6 +63,8 @@ def test_demo_steps_reuse_earlier_work_and_deploy_the_front(tmp_path: Path) -> N
 
     assert demo.step_predict() is False
     assert (demo.predictions / "detections.json").is_file()
+    check = demo.result.prediction_check
+    assert check.images == 2 and 0 <= check.images_with_a_correct_box <= 2 and check.correct_boxes <= check.boxes
     assert demo.step_report() is False
     assert demo.result.report_md is not None and demo.result.report_md.is_file()
     assert demo.result.pareto_png is not None and demo.result.pareto_png.is_file()
@@ -77,7 +72,8 @@ def test_demo_steps_reuse_earlier_work_and_deploy_the_front(tmp_path: Path) -> N
     print_demo_summary(console, demo.result)
     out = text.getvalue()
     assert f"deployed:  {demo.deployed}/ (1 models" in out and "report:" in out and "plot:" in out
-    assert "smnas predict --model" in out
+    assert "smnas predict --model" in out and "Pareto front" in out and arch_id in out
+    assert "predictions: a correct box (IoU >= 0.5, right category) on" in out
 
 
 def test_changed_plan_is_not_taken_for_finished_work(tmp_path: Path) -> None:
@@ -92,16 +88,16 @@ def test_changed_plan_is_not_taken_for_finished_work(tmp_path: Path) -> None:
 def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     """Every step on a tiny plan (minutes on 2 cores): nothing skipped, report and deployed models written."""
     plan = DemoPlan(
-        train_images=40, val_images=12, image_size=128, lut_models=10, lut_max_modules=8, lut_budget_s=0.02,
+        train_images=40, val_images=12, image_size=128, lut_models=10, lut_budget_s=0.02,
         lut_min_runs=3, deploy_verify_images=2, predict_images=2,
-        search={"training.max_train_images": 24, "evaluation.max_images": 8, "structural.train": 2,
-                "structural.epochs": 1, "modular.generations": 1, "modular.train": 1, "modular.epochs": 1,
-                "latency.budget_ms": 1000.0, "gate.oversampling": 5,
+        search={"training.max_train_images": 24, "evaluation.max_images": 8, "structural.train": 1,
+                "structural.rungs": [1, 2], "structural.eta": 2, "modular.generations": 1, "modular.train": 1,
+                "modular.rungs": [1], "latency.budget_ms": 1000.0, "gate.oversampling": 5,
                 "latency.timing": {"warmup_runs": 1, "warmup_s": 0.0, "min_runs": 3, "budget_s": 0.02}})
-    result = run_demo(tmp_path / "demo_out", plan, Console(file=io.StringIO()), _report)
+    result = run_demo(tmp_path / "demo_out", plan, Console(file=io.StringIO()))
     assert result.skipped == {}
     assert result.report_md is not None and result.report_md.is_file()
     assert result.deployed_models and all(
         read_manifest(result.out / "deployed" / i)["verification"]["passed"] for i in result.deployed_models)
-    again = run_demo(tmp_path / "demo_out", plan, Console(file=io.StringIO()), _report)
+    again = run_demo(tmp_path / "demo_out", plan, Console(file=io.StringIO()))
     assert {"data", "lut", "search", "deploy"} <= set(again.reused)

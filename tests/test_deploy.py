@@ -254,7 +254,7 @@ def _run_dir(root: Path, data: Path, ckpt: Path | None, on_front: bool) -> Path:
     (run / "config.yaml").write_text(config.to_yaml())
     store = RunStore(run / STORE_FILE)
     arch = parse(ARCH)
-    store.add_candidate(arch.id, ARCH, "structural", 0, None, 5.0, 0.5, 1)
+    store.add_candidate(arch.id, ARCH, "structural", 0, None, 5.0, 0.5)
     if ckpt is not None:
         store.update(arch.id, status="done", ap=0.1, ap50=0.2, measured_ms=6.0, checkpoint=str(ckpt))
     if on_front:

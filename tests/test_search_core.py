@@ -7,6 +7,7 @@ import math
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,6 +104,48 @@ def test_config_unknown_field_is_one_clear_line(tmp_path: Path) -> None:
         assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ({"structural": {"rungs": [3, 1]}}, r"structural.rungs: epochs per rung must be >= 1 and strictly increasing"),
+    ({"modular": {"rungs": [2, 2]}}, r"modular.rungs: epochs per rung must be >= 1 and strictly increasing"),
+    ({"structural": {"rungs": []}}, r"structural.rungs: list at least one rung"),
+    ({"structural": {"eta": 1}}, r"structural.eta: Input should be greater than or equal to 2"),
+    ({"structural": {"epochs": 4}}, r"structural: epochs: replaced by rungs; write rungs: \[4\]"),
+    ({"threads": 2}, r"config: threads: moved to executor.threads_per_task"),
+    ({"executor": {"cpus_per_task": 1}}, r"executor: cpus_per_task: renamed threads_per_task"),
+    ({"executor": {"max_parallel": 0}}, r"executor.max_parallel: Input should be greater than or equal to 1"),
+])
+def test_rung_and_executor_fields_are_checked(tmp_path: Path, override: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_search_config(_raw(tmp_path, **override), "cfg.yaml")
+    assert "\n" not in str(e.value)
+
+
+def test_successive_halving_sizes() -> None:
+    from smnas_trt.search.config import StageConfig
+
+    st = StageConfig(train=2, rungs=(1, 3, 9), eta=3)
+    assert st.starts() == 18 and [st.promoted_to(r) for r in range(3)] == [18, 6, 2] and st.epochs == 9
+    plain = StageConfig(train=4, rungs=(6,))
+    assert plain.starts() == 4 and plain.epochs == 6
+
+
+def test_max_parallel_above_the_machine_is_one_line() -> None:
+    from smnas_trt.search.config import ExecutorConfig
+    from smnas_trt.search.executors import LocalExecutor
+
+    with pytest.raises(ConfigError, match=r"executor.max_parallel: 3 is more than this machine runs at once \(2: 2 "
+                                          r"usable CPU core\(s\) at 1 thread\(s\) per task\)"):
+        LocalExecutor.from_config(ExecutorConfig(max_parallel=3), cpus=2, gpus=0)
+    with pytest.raises(ConfigError, match=r"executor.max_parallel: 2 is more than .* \(1: 1 GPU\(s\)\)"):
+        LocalExecutor.from_config(ExecutorConfig(max_parallel=2), cpus=16, gpus=1)
+    with pytest.raises(ConfigError, match=r"executor.threads_per_task: 4 is more than the 2 usable CPU core\(s\)"):
+        LocalExecutor.from_config(ExecutorConfig(threads_per_task=4), cpus=2, gpus=0)
+    default = LocalExecutor.from_config(ExecutorConfig(), cpus=2, gpus=0)
+    assert (default.max_parallel, default.threads_per_task) == (2, 1)
+    gpu = LocalExecutor.from_config(ExecutorConfig(), cpus=16, gpus=2)
+    assert (gpu.max_parallel, gpu.threads_per_task, gpu.gpus) == (2, 8, 2)
+
+
 def test_config_paths_resolve_and_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = parse_search_config({"data": "data/demo", "latency": {"budget_ms": 5, "lut": "lut.db"}})
@@ -113,7 +156,7 @@ def test_config_paths_resolve_and_digest(tmp_path: Path, monkeypatch: pytest.Mon
     assert ray.digest() == cfg.digest()  # where it runs is not part of a run's identity
     other = parse_search_config({**cfg.frozen_dict(), "seed": 1})
     assert other.digest() != cfg.digest()
-    assert cfg.stage_plan() == [("structural", 1), ("modular", 1)]
+    assert cfg.stage_plan() == ["structural", "modular"]
 
 
 def test_builtin_demo_config_loads() -> None:
@@ -137,10 +180,10 @@ def test_store_roundtrip_and_uniqueness(tmp_path: Path) -> None:
     gen = store.generation(0)
     assert gen is not None and gen.status == "planned" and gen.n_screened == 3 and gen.n_over_budget == 1
     assert [s.decision for s in store.screened(0)] == ["kept", "over_budget", "duplicate"]
-    c = store.add_candidate("a" * 10, "arch-a", "structural", 0, None, 3.0, 0.1, 1)
+    c = store.add_candidate("a" * 10, "arch-a", "structural", 0, None, 3.0, 0.1)
     assert c.status == "planned" and c.seq == 0
     with pytest.raises(SearchError, match="already in the run"):
-        store.add_candidate("a" * 10, "arch-a", "structural", 0, None, 3.0, 0.1, 1)
+        store.add_candidate("a" * 10, "arch-a", "structural", 0, None, 3.0, 0.1)
     store.start_training(c.arch_id)
     store.update(c.arch_id, status="done", measured_ms=3.2, ap=0.4, ap50=0.6, checkpoint="candidates/a/last.pt")
     store.set_front([c.arch_id])
@@ -201,3 +244,23 @@ def test_rank_front_improvement_prefers_gains_and_uncertainty() -> None:
     assert order[0] == "arch1"
     assert order.index("arch3") < order.index("arch2")
     assert order[-1] == "arch0" or order.index("arch0") > order.index("arch3")
+
+
+def test_promotion_picks_the_non_dominated_set_within_budget() -> None:
+    from smnas_trt.search.pareto import promote
+
+    #              0: front     1: dominated  2: front     3: front     4: over budget  5: dominated by 2
+    points = [(2.0, 0.10), (3.0, 0.05), (4.0, 0.30), (8.0, 0.45), (12.0, 0.60), (5.0, 0.25)]
+    budget = 10.0
+    # Three slots: exactly the non-dominated points within the budget, none of the dominated ones.
+    assert sorted(promote(points, 3, budget)) == [0, 2, 3]
+    # Two slots: both ends have infinite crowding; the middle one loses, and of the ends...
+    two = promote(points, 2, budget)
+    assert sorted(two) == [0, 3]
+    # ...one slot goes to the end that adds more hypervolume (the accurate one, not the fast one).
+    assert promote(points, 1, budget) == [3]
+    # More slots than points within the budget: the second front next, the over-budget point last.
+    assert promote(points, 6, budget)[:3] == promote(points, 3, budget)
+    assert set(promote(points, 5, budget)[3:]) == {1, 5} and promote(points, 6, budget)[-1] == 4
+    # Nothing within the budget: the over-budget points still fill the slots, fastest front first.
+    assert promote([(11.0, 0.2), (12.0, 0.1)], 1, budget) == [0]

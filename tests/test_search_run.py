@@ -59,10 +59,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                     "predictor_fit": {"rounds": 80, "folds": 3, "scale_rounds": 30, "threads": 1}},
         "training": {"batch_size": 8, "lr": 0.01, "warmup_iters": 4},
         "evaluation": {"split": "train", "max_images": 16, "batch_size": 8},
-        "structural": {"generations": 1, "train": 3, "epochs": 1},
-        "modular": {"generations": 1, "train": 2, "epochs": 1, "population": 3},
+        "structural": {"generations": 1, "train": 3, "rungs": [1]},
+        "modular": {"generations": 1, "train": 2, "rungs": [1], "population": 3},
         "gate": {"oversampling": 8},
-        "threads": 1,
+        "executor": {"kind": "inprocess", "threads_per_task": 1},
     }
     predictor = root / "predictor"
     fit_predictor(lut, parse_search_config(raw).latency).save(predictor)
@@ -136,7 +136,7 @@ def test_report_of_a_run(finished_run: Path, tmp_path: Path) -> None:
     from smnas_trt.report import write_report
 
     files = write_report(finished_run, tmp_path / "report")
-    for png in (files.pareto_png, files.predictor_png):
+    for png in (files.pareto_png, files.rungs_png, files.predictor_png):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     store = RunStore(finished_run / "run.db", readonly=True)
     front = store.front()
@@ -230,7 +230,7 @@ KILL_SCRIPT = textwrap.dedent("""
 def test_sigkill_during_training_then_resume(env: dict[str, Any]) -> None:
     cfg_path = env["root"] / "kill.yaml"
     raw = _config(env, **{"training.max_train_images": 48}).frozen_dict()
-    raw["structural"]["epochs"] = 3  # long enough trainings for the kill to land inside one
+    raw["structural"]["rungs"] = [3]  # long enough trainings for the kill to land inside one
     cfg_path.write_text(yaml.safe_dump(raw))
     out = env["root"] / "run-killed"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(cfg_path), str(out)],
@@ -306,4 +306,134 @@ def test_ray_executor_runs_a_generation(env: dict[str, Any]) -> None:
     assert all(c.worker and int(c.worker.rsplit(":", 1)[1]) != os.getpid() for c in done)
     assert all((env["root"] / "run-ray" / str(c.checkpoint)).is_file() for c in done)
     assert store.front()
+    store.close()
+
+
+def _children_of(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def _rows(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+
+
+def test_successive_halving_kill_mid_rung_then_resume(env: dict[str, Any]) -> None:
+    """Worker processes (the default executor), rungs [1, 4], eta 2: two candidates at rung 0, the better one
+    on to rung 1. The search is SIGKILLed while that one trains rung 1: its worker dies with it, and --resume
+    continues the rung from the last epoch checkpoint without touching rung 0."""
+    cfg_path = env["root"] / "rungs.yaml"
+    raw = _config(env, **{"structural.train": 1, "structural.rungs": [1, 4], "structural.eta": 2,
+                          "modular.generations": 0, "executor": {"kind": "local", "max_parallel": 2}}).frozen_dict()
+    cfg_path.write_text(yaml.safe_dump(raw))
+    out = env["root"] / "run-rungs"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(cfg_path), str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: list[int] = []
+    rung0_before: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            training = _rows(out / "run.db", "SELECT arch_id FROM candidates WHERE status = 'training' AND rung = 0")
+            workers = _children_of(proc.pid)
+            # In rung 1 with at least one of its epochs written: a kill now loses less than the rung.
+            if training and workers and _epochs_done(out, training[0][0]) >= 2:
+                rung0_before = _rows(out / "run.db", "SELECT * FROM rungs WHERE rung = 0 ORDER BY arch_id")
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    assert rung0_before and len(rung0_before) == 2, f"never caught rung 1 in training: {err}"
+    # The worker dies with the search (no orphan keeps writing into the run directory).
+    deadline = time.monotonic() + 20
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers)
+
+    run_search(load_search_config(cfg_path), out, resume=True, show_progress=False)
+    store = RunStore(out / "run.db", readonly=True)
+    cands = {c.arch_id: c for c in store.candidates(generation=0) if c.status != "over_budget"}
+    promoted = [c for c in cands.values() if c.status == "done"]
+    stopped = [c for c in cands.values() if c.status == "stopped"]
+    assert len(promoted) == 1 and len(stopped) == 1
+    top, low = promoted[0], stopped[0]
+    assert top.rung == 1 and top.epochs == 4 and top.attempts == 3  # rung 0, rung 1, rung 1 again after the kill
+    assert low.rung == 0 and low.attempts == 1 and low.epochs == 1
+    # Rung 0 was not trained again: its rows are as they were before the kill (decisions aside).
+    after = store.rung_results()
+    assert next(r for r in after if r.rung == 0 and r.arch_id == low.arch_id).decision == "stopped"
+    assert {(r.arch_id, r.ap, r.finished_at) for r in after if r.rung == 0} == \
+        {(row[0], row[3], row[9]) for row in rung0_before}
+    assert [r.decision for r in after if r.arch_id == top.arch_id] == ["promoted", "top"]
+    # The resumed rung went on from the epoch checkpoint: each epoch trained exactly once.
+    history = json.loads((out / "candidates" / top.arch_id / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    # Only the top-rung candidate can be on the front.
+    assert [c.arch_id for c in store.front()] in ([top.arch_id], [])
+    store.close()
+
+
+def _epochs_done(run: Path, arch_id: str) -> int:
+    path = run / "candidates" / arch_id / "metrics.json"
+    try:
+        return len(json.loads(path.read_text())["history"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_a_sigkilled_training_worker_is_that_candidates_failure(env: dict[str, Any]) -> None:
+    import multiprocessing
+    import threading
+
+    cfg = _config(env, **{"modular.generations": 0, "executor": {"kind": "local", "max_parallel": 1},
+                          "structural.rungs": [2]})
+    out = env["root"] / "run-worker-killed"
+    done: list[Any] = []
+    search = threading.Thread(target=lambda: done.append(run_search(cfg, out, show_progress=False)))
+    search.start()
+    victim = None
+    deadline = time.monotonic() + 180
+    while search.is_alive() and time.monotonic() < deadline and victim is None:
+        training = _rows(out / "run.db", "SELECT arch_id FROM candidates WHERE status = 'training'")
+        children = multiprocessing.active_children()
+        if training and children:
+            victim = training[0][0]
+            os.kill(children[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+        time.sleep(0.05)
+    search.join(timeout=300)
+    assert victim is not None and not search.is_alive() and done, "the search did not finish"
+    store = RunStore(out / "run.db", readonly=True)
+    by_id = {c.arch_id: c for c in store.candidates()}
+    assert by_id[victim].status == "failed" and "worker process died: killed by SIGKILL" in str(by_id[victim].error)
+    others = [c for c in by_id.values() if c.arch_id != victim and c.status not in ("over_budget",)]
+    assert others and all(c.status == "done" for c in others)
+    assert [g.status for g in store.generations()] == ["done"]
     store.close()

@@ -137,3 +137,35 @@ def test_bad_checkpoint_files(tmp_path: Path) -> None:
     torch.save({"model": {}}, tmp_path / "foreign.pt")
     with pytest.raises(TrainingError, match="not an smnas checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_training_through_rungs_equals_one_straight_training_bit_for_bit(tmp_path: Path) -> None:
+    """Rung 0 (1 of 3 epochs) and rung 1 (on to 3) in two worker processes, as the search runs them,
+    end with exactly the weights, optimizer state and AP of one straight 3-epoch training here."""
+    from smnas_trt.search.executors import LocalExecutor
+    from smnas_trt.search.tasks import TrainJob, train_candidate
+
+    data = generate_demo(tmp_path / "data", n_train=16, n_val=8, size=64, seed=1)
+    arch = "64x64/r18_8_11-21-21-21/fpn:P3-P5:16/none/fcos:1x16"
+    recipe = {"batch_size": 4, "lr": 0.01, "warmup_iters": 2}
+
+    def job(folder: str, stop_after: int, resume: bool) -> TrainJob:
+        return TrainJob("a1b2c3d4e5", arch, str(data), str(tmp_path / folder), 3, stop_after, 7, recipe,
+                        "val", None, 4, "cpu", 1, resume=resume)
+
+    pool = LocalExecutor(max_parallel=1, threads_per_task=1)
+    [(_, rung0)] = list(pool.run(train_candidate, [job("rungs", 1, False)]))
+    assert rung0.epochs == 1
+    [(_, rung1)] = list(pool.run(train_candidate, [job("rungs", 3, True)]))
+    straight = train_candidate(job("straight", 3, False))
+    assert rung1.epochs == straight.epochs == 3
+    assert rung1.worker != straight.worker  # really another process
+    a, b = load_checkpoint(rung1.checkpoint), load_checkpoint(straight.checkpoint)
+    assert [h["epoch"] for h in a["history"]] == [1, 2, 3]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["scheduler"] == b["scheduler"]
+    assert (rung1.ap, rung1.ap50, rung1.metrics) == (straight.ap, straight.ap50, straight.metrics)

@@ -126,3 +126,57 @@ def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], out: str
 
 def read_detections(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+@dataclass(frozen=True)
+class PredictionCheck:
+    """How a deployed model's drawn boxes compare with the ground truth of the images it was shown."""
+
+    images: int
+    images_with_a_correct_box: int
+    boxes: int
+    correct_boxes: int  # IoU >= 0.5 with a ground-truth box of the same category
+
+    @property
+    def image_hit_rate(self) -> float:
+        return self.images_with_a_correct_box / max(self.images, 1)
+
+    @property
+    def box_precision(self) -> float:
+        return self.correct_boxes / max(self.boxes, 1)
+
+    def summary(self) -> str:
+        return (f"a correct box (IoU >= 0.5, right category) on {self.images_with_a_correct_box}/{self.images} images "
+                f"({self.image_hit_rate:.0%}); {self.correct_boxes}/{self.boxes} drawn boxes correct "
+                f"({self.box_precision:.0%})")
+
+
+def check_predictions(result: PredictResult, data_dir: str | Path, split: str = "val") -> PredictionCheck:
+    """Score what `predict_images` drew against the split's annotations (images matched by file name)."""
+    import torch
+    from torchvision.ops import box_iou
+
+    from smnas_trt.data.coco import load_annotations, resolve_split
+
+    files = resolve_split(data_dir, split)
+    coco, _ = load_annotations(files.ann_file)
+    by_name = {img["file_name"]: img["id"] for img in coco.dataset["images"]}
+    records = json.loads(result.json_path.read_text())["images"]
+    hits = boxes = correct = 0
+    for record in records:
+        image_id = by_name.get(Path(record["image"]).name)
+        if image_id is None:
+            raise DeployError(f"{record['image']} is not an image of {files.ann_file}")
+        truth = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+        dets = record["detections"]
+        boxes += len(dets)
+        if not dets or not truth:
+            continue
+        gt = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                           for a in truth])
+        iou = box_iou(torch.tensor([d["bbox_xyxy"] for d in dets]), gt)
+        same = torch.tensor([[d["category_id"] == a["category_id"] for a in truth] for d in dets])
+        good = ((iou >= 0.5) & same).any(dim=1)
+        correct += int(good.sum())
+        hits += bool(good.any())
+    return PredictionCheck(len(records), hits, boxes, correct)

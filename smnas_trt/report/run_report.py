@@ -13,7 +13,7 @@ from smnas_trt.errors import SearchError
 from smnas_trt.fileio import atomic_path, atomic_write_text
 from smnas_trt.search.engine import STORE_FILE, is_run_dir, load_frozen_config
 from smnas_trt.search.pareto import Point, dominates, hypervolume_2d
-from smnas_trt.search.store import Candidate, Generation, Reference, RunStore
+from smnas_trt.search.store import Candidate, Generation, Reference, RungResult, RunStore
 
 REPORT_DIR = "report"
 STAGE_COLOURS = {"structural": "tab:blue", "modular": "tab:green", "random": "tab:purple"}
@@ -23,6 +23,7 @@ STAGE_COLOURS = {"structural": "tab:blue", "modular": "tab:green", "random": "ta
 class ReportFiles:
     folder: Path
     pareto_png: Path
+    rungs_png: Path
     predictor_png: Path
     front_md: Path
     report_md: Path
@@ -56,17 +57,20 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
         front = store.front()
         gens = store.generations()
         refs = store.references()
+        rungs = store.rung_results()
     finally:
         store.close()
     folder = Path(out_dir) if out_dir else run / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     budget = config.latency.budget_ms
     lat = config.latency
-    files = ReportFiles(folder, folder / "pareto.png", folder / "predictor_error.png", folder / "front.md",
-                        folder / "report.md")
+    files = ReportFiles(folder, folder / "pareto.png", folder / "rungs.png", folder / "predictor_error.png",
+                        folder / "front.md", folder / "report.md")
     _plot_pareto(files.pareto_png, cands, front, refs, budget, f"{lat.backend} {lat.scope} {lat.precision}")
+    _plot_rungs(files.rungs_png, cands, rungs)
     _plot_predictor(files.predictor_png, cands, gens)
-    front_md = _front_table(front)
+    top_rung = {stage: len(config.stage(stage).rungs) - 1 for stage in ("structural", "modular", "random")}
+    front_md = _front_table(front, top_rung)
     atomic_write_text(files.front_md, front_md)
     hv = hypervolume_2d([c.point for c in front], (budget, 0.0)) / budget
     lines = [
@@ -75,13 +79,18 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
         f"- space: `{config.space}`, strategy `{config.strategy}`, seed {config.seed}",
         f"- latency: budget {budget:g} ms, backend `{lat.backend}`, scope `{lat.scope}`, precision "
         f"`{lat.precision}`, batch {lat.batch}",
-        f"- candidates: {len(cands)} chosen, {sum(c.status == 'done' for c in cands)} trained and timed, "
+        f"- candidates: {len(cands)} chosen, {sum(c.status == 'done' for c in cands)} trained to the top rung and "
+        f"timed, {sum(c.status == 'stopped' for c in cands)} stopped at a lower rung (successive halving), "
         f"{sum(c.status == 'over_budget' for c in cands)} measured over budget before training, "
         f"{sum(c.status == 'failed' for c in cands)} failed, "
-        f"{sum(c.status in ('planned', 'timed', 'training', 'trained') for c in cands)} unfinished",
+        f"{sum(c.status in ('planned', 'timed', 'training', 'waiting', 'promoted', 'trained') for c in cands)} "
+        f"unfinished",
+        f"- training: {sum(r.cpu_seconds or 0.0 for r in rungs) / 60:.1f} CPU-minutes over {len(rungs)} rung "
+        f"trainings",
         f"- trainings on over-budget candidates: {_wasted(cands, budget)}",
         f"- hypervolume (reference point: {budget:g} ms, AP 0; normalised by {budget:g} ms x 1 AP): {hv:.4f}",
-        "", "![Pareto front](pareto.png)", "", "## Pareto front (measured latency)", "", front_md,
+        "", "![Pareto front](pareto.png) ![AP per rung](rungs.png)", "",
+        "## Pareto front (measured latency, top-rung AP)", "", front_md,
     ]
     if refs:
         lines += ["## Reference detectors (same recipe and budget)", "",
@@ -113,19 +122,20 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _front_table(front: list[Candidate]) -> str:
-    rows = ["| # | id | arch | AP | AP50 | measured ms | predicted ms (± unc.) | error | stage | gen | "
-            "train s | checkpoint |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def _front_table(front: list[Candidate], top_rung: dict[str, int]) -> str:
+    rows = ["| # | id | arch | AP | AP50 | measured ms | predicted ms (± unc.) | error | stage | gen | rung | "
+            "epochs | train s | checkpoint |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, c in enumerate(front):
         err = "-"
         if c.predicted_ms is not None and c.measured_ms:
             err = f"{100 * (c.predicted_ms - c.measured_ms) / c.measured_ms:+.1f}%"
         pred = "-" if c.predicted_ms is None else f"{c.predicted_ms:.2f} ± {c.uncertainty_ms or 0:.2f}"
+        rung = "-" if c.rung is None else f"{c.rung} of 0-{top_rung.get(c.stage, c.rung)}"
         rows.append(f"| {i + 1} | {c.arch_id} | `{c.arch}` | {_f(c.ap)} | {_f(c.ap50)} | {_f(c.measured_ms, 2)} | "
-                    f"{pred} | {err} | {c.stage} | {c.generation} | {_f(c.train_seconds, 0)} | "
-                    f"`{c.checkpoint or '-'}` |")
+                    f"{pred} | {err} | {c.stage} | {c.generation} | {rung} | {c.epochs or '-'} | "
+                    f"{_f(c.train_seconds, 0)} | `{c.checkpoint or '-'}` |")
     if not front:
-        rows.append("| - | (no candidate trained within the budget yet) | | | | | | | | | | |")
+        rows.append("| - | (no candidate trained to the top rung within the budget yet) | | | | | | | | | | | | |")
     return "\n".join(rows) + "\n"
 
 
@@ -161,6 +171,47 @@ def _plot_pareto(path: Path, cands: list[Candidate], front: list[Candidate], ref
     ax.set_ylabel("COCO AP")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _plot_rungs(path: Path, cands: list[Candidate], rungs: list[RungResult]) -> None:
+    """AP after each rung's epochs, one line per candidate; promoted steps and top-rung candidates stand out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    by_arch: dict[str, list[RungResult]] = {}
+    for r in rungs:
+        by_arch.setdefault(r.arch_id, []).append(r)
+    stage_of = {c.arch_id: c.stage for c in cands}
+    labelled: set[str] = set()
+    for arch_id, rs in by_arch.items():
+        rs = sorted(rs, key=lambda r: r.rung)
+        top = rs[-1].decision == "top"
+        colour = STAGE_COLOURS.get(stage_of.get(arch_id, ""), "grey")
+        xs, ys = [r.epochs for r in rs], [r.ap or 0.0 for r in rs]
+        ax.plot(xs, ys, "-", c=colour, alpha=0.9 if top else 0.35, lw=1.8 if top else 0.8)
+        for r in rs:
+            kind = "promoted" if r.decision in ("promoted", "top") else "stopped"
+            label = None if kind in labelled else {"promoted": "promoted / top rung", "stopped": "stopped"}[kind]
+            labelled.add(kind)
+            ax.scatter([r.epochs], [r.ap or 0.0], s=36 if kind == "promoted" else 14, c=colour,
+                       edgecolors="black" if kind == "promoted" else "none", zorder=3, label=label)
+    for stage, colour in STAGE_COLOURS.items():
+        if any(stage_of.get(a) == stage for a in by_arch):
+            ax.plot([], [], c=colour, label=stage)
+    ax.set_xlabel("epochs trained (rungs of successive halving)")
+    ax.set_ylabel("COCO AP at the rung")
+    ax.grid(alpha=0.3)
+    if by_arch:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no rung finished yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

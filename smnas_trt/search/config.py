@@ -7,6 +7,7 @@ absolute paths, and that resolved form is what a run directory freezes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -63,9 +64,49 @@ class LatencyConfig(_Strict):
 
 
 class StageConfig(_Strict):
+    """Generations of one stage; each trains its candidates by Pareto-aware successive halving.
+
+    A generation starts `train * eta**(len(rungs) - 1)` candidates at rung 0. After each rung the best
+    1/eta by non-dominated rank on (measured latency, AP at that rung), crowding distance breaking ties,
+    continue from their checkpoint to the next rung; the others stop there. The learning-rate schedule
+    spans the top rung's epochs, so a candidate that reaches it has had exactly one straight training.
+    `rungs: [N]` is a plain N-epoch training of `train` candidates.
+    """
+
     generations: int = Field(1, ge=0)
-    train: int = Field(4, ge=1, description="Candidates trained per generation.")
-    epochs: int = Field(1, ge=1, description="Training epochs of each candidate.")
+    train: int = Field(4, ge=1, description="Candidates trained to the top rung per generation.")
+    rungs: tuple[int, ...] = Field((1,), description="Epochs reached at each rung, increasing, e.g. [1, 3, 9].")
+    eta: int = Field(3, ge=2, description="1 of every eta candidates at a rung goes on to the next.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "epochs" in raw:
+            raise ValueError(f"epochs: replaced by rungs; write rungs: [{raw['epochs']}] for a plain "
+                             f"{raw['epochs']}-epoch training, or e.g. rungs: [1, 3, 9] for successive halving")
+        return raw
+
+    @field_validator("rungs")
+    @classmethod
+    def _increasing(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v:
+            raise ValueError("list at least one rung (epochs), e.g. [6]")
+        if v[0] < 1 or any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError(f"epochs per rung must be >= 1 and strictly increasing, e.g. [1, 3, 9]; got {list(v)}")
+        return v
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of a candidate that reaches the top rung (the length of the learning-rate schedule)."""
+        return self.rungs[-1]
+
+    def starts(self) -> int:
+        """Candidates started at rung 0 of each generation."""
+        return self.train * self.eta ** (len(self.rungs) - 1)
+
+    def promoted_to(self, rung: int) -> int:
+        """How many candidates of a generation train at `rung` (at most)."""
+        return self.train * self.eta ** (len(self.rungs) - 1 - rung)
 
 
 class ModularStageConfig(StageConfig):
@@ -103,11 +144,26 @@ class EvaluationConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    kind: Literal["inprocess", "ray"] = "inprocess"
+    """Where trainings run. `local`: worker processes on this machine, several at once (the default);
+    `inprocess`: one after another in the search's own process (debugging); `ray`: one task per
+    training on a Ray cluster. Latency timing never overlaps training: it runs between rounds of training."""
+
+    kind: Literal["local", "inprocess", "ray"] = "local"
     address: str | None = Field(None, description="Ray cluster address; a local cluster is started when omitted.")
-    cpus_per_task: float = Field(1, gt=0)
+    max_parallel: int | None = Field(None, ge=1, description="Trainings at once (default local: CPU cores / "
+                                     "threads_per_task, or one per GPU; ray: the cluster's slots).")
+    threads_per_task: int | None = Field(None, ge=1, description="Torch threads of each training (default 1 on CPU: "
+                                         "one-thread trainings side by side do 2.8x the work of one 2-thread "
+                                         "training on 2 cores; with GPUs, the cores per GPU). Ray reserves this "
+                                         "many CPUs per task.")
     gpus_per_task: float | Literal["auto"] = "auto"
-    max_parallel: int | None = Field(None, ge=1, description="Trainings in flight at once (default: cluster slots).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "cpus_per_task" in raw:
+            raise ValueError("cpus_per_task: renamed threads_per_task (torch threads, and the CPUs Ray reserves)")
+        return raw
 
 
 class SearchConfig(_Strict):
@@ -125,7 +181,15 @@ class SearchConfig(_Strict):
     gate: GateConfig = GateConfig.model_validate({})
     executor: ExecutorConfig = ExecutorConfig.model_validate({})
     device: str = Field("auto", description="Training device: auto (cuda if the worker has a GPU), cpu, cuda:0.")
-    threads: int | None = Field(None, ge=1, description="Torch threads for in-process training.")
+    max_train_cpu_s: float | None = Field(None, gt=0, description="Start no new generation once trainings have "
+                                          "used this many CPU-seconds (all workers together).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "threads" in raw:
+            raise ValueError("threads: moved to executor.threads_per_task")
+        return raw
 
     @field_validator("training")
     @classmethod
@@ -134,7 +198,7 @@ class SearchConfig(_Strict):
 
         from smnas_trt.training.trainer import TrainConfig
 
-        owned = {"epochs", "input_size", "seed", "device", "threads", "progress"}
+        owned = {"epochs", "input_size", "seed", "device", "threads", "progress"}  # set per stage or per candidate
         allowed = sorted({f.name for f in fields(TrainConfig)} - owned)
         for key in v:
             if key in owned:
@@ -171,16 +235,15 @@ class SearchConfig(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.frozen_dict(), sort_keys=False)
 
-    def stage_plan(self) -> list[tuple[str, int]]:
-        """(stage, epochs) of every generation, in order."""
+    def stage_plan(self) -> list[str]:
+        """The stage of every generation, in order."""
         if self.strategy == "random":
-            total = self.structural.generations + self.modular.generations
-            return [("random", self.structural.epochs)] * total
-        return ([("structural", self.structural.epochs)] * self.structural.generations
-                + [("modular", self.modular.epochs)] * self.modular.generations)
+            return ["random"] * (self.structural.generations + self.modular.generations)
+        return ["structural"] * self.structural.generations + ["modular"] * self.modular.generations
 
-    def train_per_generation(self, stage: str) -> int:
-        return self.modular.train if stage == "modular" else self.structural.train
+    def stage(self, stage: str) -> StageConfig:
+        """The settings of a stage; random generations use the structural stage's."""
+        return self.modular if stage == "modular" else self.structural
 
 
 def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:

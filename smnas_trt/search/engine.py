@@ -7,15 +7,17 @@ One generation:
 2. predict their latency, drop duplicates and over-budget ones, rank the rest (`gate.py`) and record
    every decision in the run store in one transaction;
 3. time the best-ranked on the real backend before training (`gate.confirm`), skipping and
-   replacing any that measure over the budget, until the generation's training slots are filled;
-4. train and evaluate the chosen candidates (through the executor), each marked `training` in the
-   store before it starts and `done` with its results after;
-5. time any trained candidate not yet timed, add every new timing to the run's latency table,
-   refit the predictor, update the Pareto front (measured latency vs AP) and close the generation.
+   replacing any that measure over the budget, until the generation's rung-0 slots are filled;
+4. train the chosen candidates rung by rung (Pareto-aware successive halving, `StageConfig`): all to
+   rung 0, then the best 1/eta by non-dominated rank on (measured latency, rung AP) on to the next
+   rung from their checkpoints, the others stopped; each training marked `training` in the store
+   before it starts and its rung recorded when it ends. Timing runs only between rounds of training;
+5. add every new timing to the run's latency table, refit the predictor, update the Pareto front
+   (measured latency vs top-rung AP) and close the generation.
 
 A killed run resumes from the store: closed generations are skipped, a planned generation is not
-re-planned, candidates already done are never trained again, and one left `training` is trained
-again (continuing from its last epoch checkpoint).
+re-planned, finished rungs are never trained again, and a training left `training` continues from
+its last epoch checkpoint (at most the rung in flight is repeated, usually less).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import json
 import math
 import random
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,10 @@ from rich.console import Console
 from smnas_trt.errors import ArchError, ConfigError, DataError, SearchError
 from smnas_trt.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from smnas_trt.search import latency
-from smnas_trt.search.config import SearchConfig, config_differences, parse_search_config
+from smnas_trt.search.config import SearchConfig, StageConfig, config_differences, parse_search_config
 from smnas_trt.search.executors import Executor, make_executor
 from smnas_trt.search.gate import Child, rank_front_improvement, rank_in_order, rank_spread, screen
-from smnas_trt.search.pareto import hypervolume_2d, pareto_front, rank_and_crowding, select_survivors
+from smnas_trt.search.pareto import hypervolume_2d, pareto_front, promote, rank_and_crowding, select_survivors
 from smnas_trt.search.progress import SearchProgress
 from smnas_trt.search.store import Candidate, Generation, RunStore, Screened
 from smnas_trt.search.tasks import (
@@ -180,25 +181,37 @@ class Search:
             self.executor = make_executor(self.config.executor)
         try:
             with self.progress:
-                for g, (stage, epochs) in enumerate(self.config.stage_plan()):
+                for g, stage in enumerate(self.config.stage_plan()):
                     if stop_after is not None and g >= stop_after:
                         break
                     gen = self.store.generation(g)
                     if gen is not None and gen.status == "done":
                         continue
+                    if gen is None and self._cpu_budget_spent():
+                        break
                     predictor = self.predictor_for(g)
-                    self.progress.start_generation(g, stage, self.config.train_per_generation(stage))
+                    st = self.config.stage(stage)
+                    self.progress.start_generation(g, stage, sum(st.promoted_to(r) for r in range(len(st.rungs))))
                     if gen is None:
                         self.plan(g, stage, predictor)
-                    self.confirm(g, stage, epochs)
-                    self.train(g)
-                    self.time_trained(g)
+                    self.confirm(g, stage)
+                    self.train(g, stage)
                     self.close_generation(g)
         finally:
             if own_executor and self.executor is not None:
                 self.executor.close()
                 self.executor = None
         return self.result()
+
+    def _cpu_budget_spent(self) -> bool:
+        budget = self.config.max_train_cpu_s
+        if budget is None:
+            return False
+        spent = self.store.train_cpu_seconds()
+        if spent < budget:
+            return False
+        self.progress.note(f"training has used {spent:.0f} CPU-s of max_train_cpu_s {budget:g}: no new generation")
+        return True
 
     def result(self) -> SearchResult:
         front = self.store.front()
@@ -222,7 +235,7 @@ class Search:
         c = self.config
         seed = _generation_seed(c.seed, g)
         rng = random.Random(seed)
-        slots = c.train_per_generation(stage)
+        slots = c.stage(stage).starts()
         children = self.propose(stage, rng, slots * c.gate.oversampling)
         predicted: list[float] = []
         uncertainty: list[float] = []
@@ -259,7 +272,7 @@ class Search:
         return self._mutate_parents(rng, n)
 
     def _front_pool(self) -> list[Candidate]:
-        """Done candidates with a measured latency within the budget and an AP."""
+        """Done candidates (trained to their stage's top rung) with a measured latency within the budget and an AP."""
         return [x for x in self.store.candidates(status="done")
                 if x.measured_ms is not None and x.ap is not None and x.measured_ms <= self.budget]
 
@@ -294,9 +307,9 @@ class Search:
         return children
 
     # ------------------------------------------------------------------ 3: confirm on the backend
-    def confirm(self, g: int, stage: str, epochs: int) -> None:
+    def confirm(self, g: int, stage: str) -> None:
         c = self.config
-        slots = c.train_per_generation(stage)
+        slots = c.stage(stage).starts()
         if self._confirming:
             for cand in self.store.candidates(generation=g, status="planned"):  # timed when the run stopped
                 self._confirm_one(cand)
@@ -310,7 +323,7 @@ class Search:
             if self.store.candidate(row.arch_id) is not None:
                 continue
             cand = self.store.add_candidate(row.arch_id, row.arch, stage, g, row.parent_id, row.predicted_ms,
-                                            row.uncertainty_ms, epochs)
+                                            row.uncertainty_ms)
             if self._confirming:
                 self._confirm_one(cand)
 
@@ -333,8 +346,9 @@ class Search:
                 for x in cands]
         assert self.executor is not None
         results: list[TimeOutcome | BaseException] = []
-        # One timing at a time, with nothing of ours training meanwhile, so timings are not disturbed.
-        # A GPU is requested only for backends that time on one.
+        # One timing at a time, and only between rounds of training (train() returns once every job of a
+        # rung is back), so no training of ours runs beside a timing. A GPU is requested only for backends
+        # that time on one.
         on_gpu = lat.backend in ("ort-cuda", "tensorrt") or (lat.backend == "torch" and lat.device == "cuda")
         for _job, res in self.executor.run(time_candidate, jobs, parallel=False, use_gpu=on_gpu):
             if isinstance(res, TimeOutcome):
@@ -344,48 +358,78 @@ class Search:
             results.append(res)
         return results
 
-    # ------------------------------------------------------------------ 4: train
-    def train(self, g: int) -> None:
+    # ------------------------------------------------------------------ 4: train, rung by rung
+    def train(self, g: int, stage: str) -> None:
+        """Successive halving: train every candidate of the generation to rung 0, time any not yet timed,
+        promote the best 1/eta, train those to the next rung, and so on to the top rung."""
+        st = self.config.stage(stage)
+        for rung in range(len(st.rungs)):
+            self._train_rung(g, st, rung)
+            self._time_untimed(g)
+            if rung + 1 < len(st.rungs):
+                self._promote(g, st, rung)
+
+    def _train_rung(self, g: int, st: StageConfig, rung: int) -> None:
         c = self.config
-        ready = ("timed", "training") if self._confirming else ("planned", "training")
-        cands = self.store.candidates(generation=g, status=ready)
-        jobs = [TrainJob(x.arch_id, x.arch, c.data, str(self.run_dir / CANDIDATE_DIR / x.arch_id),
-                         x.epochs or 1, candidate_seed(c.seed, x.arch_id), dict(c.training), c.evaluation.split,
-                         c.evaluation.max_images, c.evaluation.batch_size, c.device, c.threads,
-                         resume=x.status == "training") for x in cands]
+        first = ("timed", "training") if self._confirming else ("planned", "training")
+        cands = [x for x in self.store.candidates(generation=g, status=first if rung == 0 else ("promoted", "training"))
+                 if _next_rung(x) == rung]
+        assert self.executor is not None
+        jobs = [TrainJob(x.arch_id, x.arch, c.data, str(self.run_dir / CANDIDATE_DIR / x.arch_id), st.epochs,
+                         st.rungs[rung], candidate_seed(c.seed, x.arch_id), dict(c.training), c.evaluation.split,
+                         c.evaluation.max_images, c.evaluation.batch_size, c.device, self.executor.threads_per_task,
+                         resume=rung > 0 or x.status == "training") for x in cands]
+        before = {x.arch_id: x for x in cands}
+        top = rung + 1 == len(st.rungs)
+        where = f" to rung {rung} ({st.rungs[rung]} epochs)" if len(st.rungs) > 1 else ""
 
         def started(job: TrainJob) -> None:
             self.store.start_training(job.arch_id)
-            self.progress.candidate_started(job.arch)
+            self.progress.candidate_started(job.arch + where)
 
-        assert self.executor is not None
         for job, res in self.executor.run(train_candidate, jobs, on_start=started):
             if isinstance(res, TrainOutcome):
-                cand = self.store.candidate(job.arch_id)
-                assert cand is not None
-                self.store.update(job.arch_id, status="done" if cand.measured_ms is not None else "trained",
-                                  ap=res.ap, ap50=res.ap50, metrics_json=json.dumps(res.metrics),
-                                  train_seconds=res.train_seconds, epochs=res.epochs,
-                                  checkpoint=_relative(res.checkpoint, self.run_dir), worker=res.worker,
-                                  finished_at=_now())
-                self.progress.candidate_finished(job.arch, f"AP {res.ap:.3f} AP50 {res.ap50:.3f} "
-                                                 f"in {res.train_seconds:.0f} s")
+                prev = before[job.arch_id]
+                timed = self.store.candidate(job.arch_id)
+                assert timed is not None
+                status = ("done" if timed.measured_ms is not None else "trained") if top else "waiting"
+                self.store.finish_rung(
+                    job.arch_id, rung, status, epochs=res.epochs, ap=res.ap, ap50=res.ap50,
+                    metrics_json=json.dumps(res.metrics), train_seconds=res.train_seconds, cpu_seconds=res.cpu_seconds,
+                    rung_train_seconds=res.train_seconds - (prev.train_seconds or 0.0),
+                    rung_cpu_seconds=res.cpu_seconds - (prev.cpu_seconds or 0.0),
+                    checkpoint=_relative(res.checkpoint, self.run_dir), worker=res.worker)
+                self.progress.candidate_finished(job.arch, f"AP {res.ap:.3f} AP50 {res.ap50:.3f} after {res.epochs} "
+                                                 f"epochs ({res.train_seconds:.0f} s)")
             elif isinstance(res, ConfigError | DataError):
                 raise res  # the dataset or recipe is wrong: every other candidate would fail the same way
             else:
                 self.store.update(job.arch_id, status="failed", error=_describe(res), finished_at=_now())
                 self.progress.candidate_finished(job.arch, f"[red]failed: {_describe(res)}[/]")
 
-    # ------------------------------------------------------------------ 5: time, refit, front
-    def time_trained(self, g: int) -> None:
-        cands = self.store.candidates(generation=g, status="trained")
+    def _time_untimed(self, g: int) -> None:
+        """Time trained candidates that were not timed before training (gate.confirm off)."""
+        cands = [x for x in self.store.candidates(generation=g, status=("waiting", "trained")) if x.measured_ms is None]
         for cand, outcome in zip(cands, self._time(cands), strict=True):
             if isinstance(outcome, TimeOutcome):
-                self.store.update(cand.arch_id, status="done", measured_ms=outcome.ms,
-                                  latency_json=json.dumps(outcome.stats))
+                self.store.update(cand.arch_id, measured_ms=outcome.ms, latency_json=json.dumps(outcome.stats),
+                                  **({"status": "done"} if cand.status == "trained" else {}))
             else:
                 self.store.update(cand.arch_id, status="failed", error=f"timing: {_describe(outcome)}")
 
+    def _promote(self, g: int, st: StageConfig, rung: int) -> None:
+        """The best 1/eta of the rung by non-dominated rank on (measured latency, rung AP) go on (`promote`)."""
+        waiting = [x for x in self.store.candidates(generation=g, status="waiting") if x.rung == rung]
+        if not waiting:
+            return
+        points = [(x.measured_ms if x.measured_ms is not None else math.inf, x.ap or 0.0) for x in waiting]
+        chosen = [waiting[i] for i in promote(points, st.promoted_to(rung + 1), self.budget)]
+        ids = {x.arch_id for x in chosen}
+        self.store.decide_rung(rung, {x.arch_id: "promoted" if x.arch_id in ids else "stopped" for x in waiting})
+        self.progress.note(f"rung {rung}: {len(ids)} of {len(waiting)} promoted to rung {rung + 1} "
+                           f"({st.rungs[rung + 1]} epochs): " + ", ".join(sorted(x.arch for x in chosen)))
+
+    # ------------------------------------------------------------------ 5: refit, front
     def close_generation(self, g: int) -> None:
         cands = self.store.candidates(generation=g)
         gen = self.store.generation(g)
@@ -398,6 +442,8 @@ class Search:
             predictor = latency.fit_predictor(self.table, self.config.latency, base=self.predictor_for(g))
             predictor_path = f"{PREDICTOR_DIR}/gen_{g:03d}"
             predictor.save(self.run_dir / predictor_path)
+        top = len(self.config.stage(gen.stage).rungs) - 1
+        self.store.decide_rung(top, {x.arch_id: "top" for x in cands if x.status == "done" and x.rung == top})
         hv = self.update_front()
         errors = [abs(x.predicted_ms - x.measured_ms) / x.measured_ms for x in cands
                   if x.predicted_ms is not None and x.measured_ms]
@@ -442,8 +488,8 @@ def load_front(run_dir: str | Path) -> list[Candidate]:
 def front_entry(c: Candidate) -> dict[str, Any]:
     return {"arch_id": c.arch_id, "arch": c.arch, "stage": c.stage, "generation": c.generation,
             "ap": c.ap, "ap50": c.ap50, "measured_ms": c.measured_ms, "predicted_ms": c.predicted_ms,
-            "uncertainty_ms": c.uncertainty_ms, "train_seconds": c.train_seconds, "epochs": c.epochs,
-            "checkpoint": c.checkpoint}
+            "uncertainty_ms": c.uncertainty_ms, "train_seconds": c.train_seconds, "cpu_seconds": c.cpu_seconds,
+            "epochs": c.epochs, "rung": c.rung, "checkpoint": c.checkpoint}
 
 
 def run_search(config: SearchConfig | None, out: str | Path, resume: bool = False,
@@ -469,6 +515,10 @@ def _child(arch: Arch, parent_id: str | None = None, parent_ap: float | None = N
     return Child(arch.canonical, arch.id, parent_id, parent_ap)
 
 
+def _next_rung(cand: Candidate) -> int:
+    return 0 if cand.rung is None else cand.rung + 1
+
+
 def _filled(cands: list[Candidate]) -> int:
     """Training slots used: everything chosen except what measured over budget or failed to time."""
     return sum(x.status not in ("over_budget", "failed") or (x.status == "failed" and x.attempts > 0)
@@ -491,6 +541,3 @@ def _now() -> float:
     import time
 
     return time.time()
-
-
-ProgressHook = Callable[[str], None]

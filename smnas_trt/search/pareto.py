@@ -80,6 +80,33 @@ def select_survivors(points: Sequence[Point], k: int) -> list[int]:
     return order[:k]
 
 
+def promote(points: Sequence[Point], k: int, budget_ms: float) -> list[int]:
+    """Successive halving's choice: the k indices to go on to the next rung.
+
+    Best by non-dominated rank, then crowding distance; the two ends of a front both have infinite
+    crowding, so what is left of a tie goes to the larger hypervolume contribution (reference point:
+    budget, AP 0), which prefers an accurate end over a fast one that detects nothing. Points within the
+    budget come first: past it a point adds no hypervolume, so those fill only what is left.
+    """
+    ref = (budget_ms, 0.0)
+
+    def ranked(indices: list[int]) -> list[int]:
+        pts = [points[i] for i in indices]
+        keys = rank_and_crowding(pts)
+        gain = [0.0] * len(pts)
+        for front in non_dominated_sort(pts):
+            members = [pts[j] for j in front]
+            whole = hypervolume_2d(members, ref)
+            for pos, j in enumerate(front):
+                gain[j] = whole - hypervolume_2d(members[:pos] + members[pos + 1:], ref)
+        order = sorted(range(len(pts)), key=lambda j: (keys[j][0], -keys[j][1], -gain[j], pts[j][0], j))
+        return [indices[j] for j in order]
+
+    within = [i for i, p in enumerate(points) if p[0] <= budget_ms]
+    over = [i for i, p in enumerate(points) if p[0] > budget_ms]
+    return (ranked(within) + ranked(over))[:k]
+
+
 def hypervolume_2d(points: Sequence[Point], ref: Point) -> float:
     """Area dominated by `points` and bounded by `ref = (max latency, min AP)`."""
     inside = [p for p in points if p[0] < ref[0] and p[1] > ref[1]]

@@ -8,9 +8,14 @@ Tables (the public contract other tools read; see `SCHEMA`):
 - `screened`: every child the gate looked at (in proposal order), with its prediction and the decision
   (`kept`, `over_budget`, `duplicate`, `not_selected`) and, for kept ones, the rank.
 - `candidates`: every architecture chosen for measurement/training. `status` moves
-  `planned` -> `timed` -> `training` -> `trained` -> `done`; `over_budget` (measured over the budget
-  before training, never trained) and `failed` are final. `on_front` is 1 for the current Pareto front
-  (measured latency vs AP among `done` candidates within the budget).
+  `planned` -> `timed` -> `training` -> (`waiting` -> `promoted` -> `training` -> ... per rung of
+  successive halving) -> `trained` -> `done`; `over_budget` (measured over the budget before training,
+  never trained), `stopped` (not promoted after a rung) and `failed` are final. `rung` is the last rung
+  it completed, and `ap`/`ap50`/`epochs`/`train_seconds`/`cpu_seconds` are as of that rung. `on_front`
+  is 1 for the current Pareto front (measured latency vs AP among `done` candidates within the budget,
+  all of them trained to the top rung).
+- `rungs`: one row per (candidate, rung) it completed: epochs reached, AP, AP50, times, and the
+  promotion decision taken on it (`promoted`, `stopped`, or `top` for the top rung).
 - `references`: reference detectors trained with the same recipe (written by bench/vs_reference.py).
 
 Writes happen in short transactions from one process (the search driver), so a SIGKILL at any point
@@ -29,10 +34,12 @@ from typing import Any
 
 from smnas_trt.errors import SearchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: successive-halving rungs
 
-STATUSES = ("planned", "timed", "training", "trained", "done", "over_budget", "failed")
-FINAL_STATUSES = ("done", "over_budget", "failed")
+STATUSES = ("planned", "timed", "training", "waiting", "promoted", "trained", "done", "over_budget", "stopped",
+            "failed")
+FINAL_STATUSES = ("done", "over_budget", "stopped", "failed")
+DECISIONS = ("promoted", "stopped", "top")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,7 +88,9 @@ CREATE TABLE IF NOT EXISTS candidates (
     ap50 REAL,
     metrics_json TEXT,
     train_seconds REAL,
+    cpu_seconds REAL,
     epochs INTEGER,
+    rung INTEGER,
     checkpoint TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
@@ -92,6 +101,19 @@ CREATE TABLE IF NOT EXISTS candidates (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS candidates_by_generation ON candidates (generation, seq);
+CREATE TABLE IF NOT EXISTS rungs (
+    arch_id TEXT NOT NULL,
+    rung INTEGER NOT NULL,
+    epochs INTEGER NOT NULL,
+    ap REAL,
+    ap50 REAL,
+    metrics_json TEXT,
+    train_seconds REAL,
+    cpu_seconds REAL,
+    decision TEXT,
+    finished_at REAL NOT NULL,
+    PRIMARY KEY (arch_id, rung)
+);
 CREATE TABLE IF NOT EXISTS references_ (
     name TEXT PRIMARY KEY,
     arch_id TEXT NOT NULL,
@@ -126,7 +148,9 @@ class Candidate:
     ap50: float | None
     metrics_json: str | None
     train_seconds: float | None
+    cpu_seconds: float | None
     epochs: int | None
+    rung: int | None  # last rung completed (None: not trained yet)
     checkpoint: str | None
     attempts: int
     worker: str | None  # host:pid that trained it
@@ -141,6 +165,22 @@ class Candidate:
         """(measured latency, AP): the coordinates on the Pareto plot."""
         assert self.measured_ms is not None and self.ap is not None
         return (self.measured_ms, self.ap)
+
+
+@dataclass(frozen=True)
+class RungResult:
+    """A candidate's results at one rung of successive halving."""
+
+    arch_id: str
+    rung: int
+    epochs: int
+    ap: float | None
+    ap50: float | None
+    metrics_json: str | None
+    train_seconds: float | None
+    cpu_seconds: float | None
+    decision: str | None  # promoted | stopped | top (None until the rung's promotion is decided)
+    finished_at: float
 
 
 @dataclass(frozen=True)
@@ -216,7 +256,7 @@ class RunStore:
             raise SearchError(f"run store {str(self.path)!r}: not a readable SQLite run store ({e})") from None
         if version is not None and int(version) != SCHEMA_VERSION:
             raise SearchError(f"run store {str(self.path)!r}: schema version {version}, this smnas reads "
-                              f"{SCHEMA_VERSION}")
+                              f"{SCHEMA_VERSION}; start a new run directory (older runs cannot be resumed)")
 
     def close(self) -> None:
         self.db.close()
@@ -286,15 +326,14 @@ class RunStore:
 
     # ------------------------------------------------------------------ candidates
     def add_candidate(self, arch_id: str, arch: str, stage: str, generation: int, parent_id: str | None,
-                      predicted_ms: float | None, uncertainty_ms: float | None, epochs: int) -> Candidate:
+                      predicted_ms: float | None, uncertainty_ms: float | None) -> Candidate:
         with self.transaction() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM candidates").fetchone()[0]
             try:
                 db.execute(
                     "INSERT INTO candidates (arch_id, arch, stage, generation, parent_id, seq, status, predicted_ms, "
-                    "uncertainty_ms, epochs, created_at) VALUES (?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?)",
-                    (arch_id, arch, stage, generation, parent_id, seq, predicted_ms, uncertainty_ms, epochs,
-                     time.time()))
+                    "uncertainty_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?)",
+                    (arch_id, arch, stage, generation, parent_id, seq, predicted_ms, uncertainty_ms, time.time()))
             except sqlite3.IntegrityError:
                 raise SearchError(f"run store: candidate {arch_id} ({arch}) is already in the run") from None
         cand = self.candidate(arch_id)
@@ -352,6 +391,45 @@ class RunStore:
         """The recorded Pareto front, fastest first."""
         return [Candidate(**dict(r)) for r in
                 self.db.execute("SELECT * FROM candidates WHERE on_front = 1 ORDER BY measured_ms, ap DESC")]
+
+    # ------------------------------------------------------------------ rungs
+    def finish_rung(self, arch_id: str, rung: int, status: str, **values: Any) -> None:
+        """Record a candidate's finished rung and move it to `status`, in one transaction."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO rungs (arch_id, rung, epochs, ap, ap50, metrics_json, train_seconds, "
+                       "cpu_seconds, decision, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                       (arch_id, rung, values["epochs"], values.get("ap"), values.get("ap50"),
+                        values.get("metrics_json"), values.get("rung_train_seconds"), values.get("rung_cpu_seconds"),
+                        now))
+            cols = {k: v for k, v in values.items() if k in _CANDIDATE_COLUMNS}
+            sets = ", ".join(f"{k} = ?" for k in cols)
+            db.execute(f"UPDATE candidates SET status = ?, rung = ?, finished_at = ?{', ' if sets else ''}{sets} "
+                       "WHERE arch_id = ?", (status, rung, now, *cols.values(), arch_id))
+
+    def decide_rung(self, rung: int, decisions: dict[str, str]) -> None:
+        """Promotion after `rung`: {arch_id: promoted | stopped | top}; candidate statuses follow, atomically."""
+        status_of = {"promoted": "promoted", "stopped": "stopped"}
+        with self.transaction() as db:
+            for arch_id, decision in decisions.items():
+                if decision not in DECISIONS:
+                    raise ValueError(f"unknown rung decision {decision!r}")
+                db.execute("UPDATE rungs SET decision = ? WHERE arch_id = ? AND rung = ?", (decision, arch_id, rung))
+                if decision in status_of:
+                    db.execute("UPDATE candidates SET status = ? WHERE arch_id = ?", (status_of[decision], arch_id))
+
+    def rung_results(self, arch_id: str | None = None) -> list[RungResult]:
+        sql, args = "SELECT * FROM rungs", list[Any]()
+        if arch_id is not None:
+            sql += " WHERE arch_id = ?"
+            args.append(arch_id)
+        return [RungResult(**dict(r)) for r in self.db.execute(sql + " ORDER BY arch_id, rung", args)]
+
+    def train_cpu_seconds(self) -> float:
+        """CPU-seconds every training of the run has used so far (finished rungs)."""
+        return float(self.db.execute("SELECT COALESCE(SUM(cpu_seconds), 0) FROM rungs").fetchone()[0])
 
     # ------------------------------------------------------------------ references
     def put_reference(self, name: str, arch_id: str, arch: str, status: str, **values: Any) -> None:

@@ -23,7 +23,8 @@ class TrainJob:
     arch: str
     data_dir: str
     out_dir: str  # the candidate's folder in the run directory: last.pt, metrics.json, eval.json
-    epochs: int
+    epochs: int  # length of the learning-rate schedule: the top rung's epochs
+    stop_after: int  # epochs reached when this job ends: its rung's
     seed: int
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
     eval_split: str = "val"
@@ -31,7 +32,7 @@ class TrainJob:
     eval_batch_size: int = 8
     device: str = "auto"
     threads: int | None = None
-    resume: bool = False  # continue from out_dir/last.pt when it exists (a candidate left in training)
+    resume: bool = False  # continue from out_dir/last.pt when it exists (a later rung, or a killed training)
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,9 @@ class TrainOutcome:
     ap: float
     ap50: float
     metrics: dict[str, float]
-    train_seconds: float
-    epochs: int
+    train_seconds: float  # all epochs so far (earlier rungs included)
+    cpu_seconds: float  # likewise, CPU time of the training process
+    epochs: int  # epochs completed
     checkpoint: str  # absolute path of the final checkpoint
     worker: str = ""  # host:pid of the process that trained it
 
@@ -75,7 +77,8 @@ def candidate_seed(seed: int, arch_id: str) -> int:
 
 
 def train_candidate(job: TrainJob) -> TrainOutcome:
-    """Build the detector, train it from scratch for `job.epochs`, evaluate it with COCO AP."""
+    """Build the detector, train it from scratch (or on from its checkpoint) to `job.stop_after` epochs of a
+    `job.epochs`-epoch schedule, and evaluate it with COCO AP."""
     import torch
 
     from smnas_trt.training import TrainConfig, evaluate_checkpoint, train_arch
@@ -89,13 +92,14 @@ def train_candidate(job: TrainJob) -> TrainOutcome:
                                     "progress": False})
     torch.manual_seed(job.seed)  # the initial weights: the builder draws them before the trainer seeds
     out = Path(job.out_dir)
-    result = train_arch(job.arch, job.data_dir, out, config, resume=job.resume)
+    result = train_arch(job.arch, job.data_dir, out, config, resume=job.resume, stop_after=job.stop_after)
     metrics = evaluate_checkpoint(result.checkpoint, job.data_dir, split=job.eval_split, out_json=out / "eval.json",
                                   batch_size=job.eval_batch_size, device=device, max_images=job.eval_max_images)
     clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
     # COCOeval reports -1 where a metric is undefined (no detections at all): that is no accuracy.
     return TrainOutcome(job.arch_id, max(clean.get("AP", 0.0), 0.0), max(clean.get("AP50", 0.0), 0.0), clean,
-                        float(result.train_seconds), int(result.epochs), str(result.checkpoint),
+                        float(result.train_seconds), float(result.cpu_seconds), int(result.epochs),
+                        str(result.checkpoint),
                         f"{socket.gethostname()}:{os.getpid()}")
 
 

@@ -32,7 +32,8 @@ def build_for_data(arch: Any, num_categories: int) -> torch.nn.Module:
 
 
 def train_arch(arch: Any, data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None,
-               resume: bool = False, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+               resume: bool = False, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+               stop_after: int | None = None) -> TrainResult:
     """Build `arch` (string or Arch) for the dataset at `data_dir` and train it from scratch.
 
     The input size comes from the arch; the initial weights from ``config.seed``. The checkpoint's
@@ -46,7 +47,7 @@ def train_arch(arch: Any, data_dir: str | Path, out_dir: str | Path, config: Tra
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_for_data(parsed, k)
     return train_detector(model, data_dir, out_dir, cfg, resume=resume,
-                          meta={"arch": str(parsed), "num_classes": k + 1}, on_epoch=on_epoch)
+                          meta={"arch": str(parsed), "num_classes": k + 1}, on_epoch=on_epoch, stop_after=stop_after)
 
 
 def load_trained(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -103,6 +103,7 @@ class TrainResult:
     checkpoint: Path
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
     train_seconds: float = 0.0  # optimisation time over all epochs (evaluation excluded)
+    cpu_seconds: float = 0.0  # CPU time of the training process over all epochs (all its threads)
     metrics: dict[str, float] | None = None  # the latest evaluation, if any
 
 
@@ -177,6 +178,7 @@ def train_detector(
     resume: bool = False,
     meta: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train `model` on ``data_dir``'s train split; checkpoint every epoch to ``out_dir/last.pt``.
 
@@ -184,8 +186,14 @@ def train_detector(
     checkpoint; ``num_categories`` and ``label_to_cat`` of the dataset are added to it. With
     `resume`, an existing checkpoint is loaded and training continues after its last epoch (a
     finished run returns at once). `on_epoch` receives each epoch's history record.
+
+    `stop_after` ends the run after that many epochs (counted from the start, not from a resume)
+    while the learning-rate schedule still spans `config.epochs`: successive halving trains a
+    candidate rung by rung with exactly the updates of one straight run.
     """
     cfg = config or TrainConfig()
+    if stop_after is not None and not 1 <= stop_after <= cfg.epochs:
+        raise ConfigError(f"train config: stop_after must be in 1..epochs ({cfg.epochs}), got {stop_after}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
@@ -233,10 +241,11 @@ def train_detector(
         history = list(ckpt["history"])
         log.info("resuming %s after epoch %d", ckpt_path, start_epoch)
 
+    last_epoch = cfg.epochs if stop_after is None else stop_after
     train_seconds = sum(float(h["seconds"]) for h in history)
-    progress = _Progress(cfg.progress, total_iters, start_epoch * iters_per_epoch)
+    progress = _Progress(cfg.progress, last_epoch * iters_per_epoch, start_epoch * iters_per_epoch)
     with progress:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, last_epoch):
             # Per-epoch seeds: shuffle order and flips depend only on (seed, epoch).
             torch.manual_seed(cfg.seed + 1000 + epoch)
             assert loader.generator is not None
@@ -286,7 +295,7 @@ def train_detector(
                 "train_seconds": train_seconds,
                 "metrics": None,
             }
-            if eval_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            if eval_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == last_epoch):
                 record["metrics"] = evaluate(model, None, dataset=eval_set, batch_size=cfg.batch_size,
                                              device=device)
             history.append(record)
@@ -303,8 +312,9 @@ def train_detector(
             if on_epoch is not None:
                 on_epoch(record)
     latest = next((h["metrics"] for h in reversed(history) if h.get("metrics")), None)
+    cpu_seconds = sum(float(h.get("cpu_seconds", 0.0)) for h in history)
     return TrainResult(epochs=len(history), checkpoint=ckpt_path, history=history,
-                       train_seconds=train_seconds, metrics=latest)
+                       train_seconds=train_seconds, cpu_seconds=cpu_seconds, metrics=latest)
 
 
 class _Progress:

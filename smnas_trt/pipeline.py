@@ -1,22 +1,24 @@
 """`smnas demo` (what `make demo` runs): the whole pipeline on the embedded demo data, sized for 2 CPU cores.
 
-Steps, each reusing what an earlier (interrupted) demo left in OUT:
+It sits beside the CLI, above every layer it drives. Steps, each reusing what an earlier
+(interrupted) demo left in OUT:
 
 1. data      generate the demo dataset (reused when its marker matches the plan)
-2. lut       profile a small latency table on ort-cpu (continued with resume; done marker at the end)
+2. lut       profile a latency table on ort-cpu (continued with resume; done marker at the end)
 3. predictor fit the latency predictor on the table (reused when its folder is complete)
-4. search    a small SM-NAS search (resumed from its run store)
+4. search    the built-in demo search (`configs/search_demo.yaml`): structural then modular
+             generations, each by successive halving, in worker processes side by side
 5. deploy    deploy the Pareto front on ort-cpu, verified against PyTorch (models already deployed are kept)
-6. predict   run one deployed model on a few validation images (detections JSON + drawn images)
-7. report    Pareto plot and tables of the run
+6. predict   run the front's most accurate deployed model on validation images and score its boxes
+7. report    Pareto plot, AP per rung and tables of the run
 
-A step whose library piece is not available yet (ImportError / NotImplementedError) is skipped and
-said so, and so are the steps that need its output. The report writer is passed in by the CLI (the
-report layer sits above deploy).
+A step that cannot run because an earlier one produced nothing to work on (no model within the
+budget, none passed verification) is skipped and said so; any error stops the demo with its message.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from smnas_trt.errors import SmnasError
 from smnas_trt.fileio import atomic_write_json
@@ -34,34 +37,20 @@ DONE_DIR = ".done"  # OUT/.done/<step>.json: completion markers with what the st
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes of every step. Measured on 2 idle cores (AMD EPYC): 4.3 min end to end (search 2 min).
-    Two-stage candidates dominate training: 6 epochs on 600 images took over 5 min for one cascade
-    at 160 px, which would put the demo near its 20-minute limit."""
+    """Sizes of every step (the search itself is `configs/search_demo.yaml`, `search` overrides it)."""
 
-    train_images: int = 600
-    val_images: int = 120
-    image_size: int = 160
+    train_images: int = 2000
+    val_images: int = 300
+    image_size: int = 160  # the models see 128 px; digits rendered at 160 or 256 px train to the same AP
     seed: int = 0
-    threads: int = 2
-    # Module pieces come from the timed models only (enumerating every structure of the space
-    # builds ~200 detectors, minutes on 2 cores); whole-model timings are what the predictor fits.
-    lut_models: int = 20
-    lut_max_modules: int = 30
+    threads: int = 2  # torch threads of this process (deploy, predict); each training worker has its own
+    lut_models: int = 30
     lut_budget_s: float = 0.15
     lut_min_runs: int = 5
-    # Overrides of the built-in `demo` search config (configs/search_demo.yaml).
-    search: dict[str, Any] = field(default_factory=lambda: {
-        "training.max_train_images": 400,
-        "evaluation.max_images": 100,
-        "structural.train": 4,
-        "structural.epochs": 2,
-        "modular.generations": 1,
-        "modular.train": 3,
-        "modular.epochs": 2,
-        "latency.timing": {"warmup_runs": 3, "warmup_s": 0.05, "min_runs": 5, "budget_s": 0.2},
-    })
+    search: dict[str, Any] = field(default_factory=dict)  # dotted overrides of the built-in demo search config
     deploy_verify_images: int = 4
-    predict_images: int = 3
+    predict_images: int = 30
+    predict_min_score: float = 0.3
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -78,24 +67,21 @@ class DemoResult:
     pareto_png: Path | None = None
     deployed: Path | None = None
     deployed_models: list[str] = field(default_factory=list)
+    front: list[dict[str, Any]] = field(default_factory=list)  # front.json entries, fastest first
     predictions: Path | None = None
+    prediction_check: Any = None  # deploy.predict.PredictionCheck of the predict step
     step_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class _Skip(Exception):
-    """A step cannot run (a piece is missing, or an earlier step was skipped)."""
-
-
-ReportWriter = Callable[[Path], tuple[Path, Path]]  # run dir -> (report.md, pareto.png)
+    """A step has nothing to work on (an earlier step produced no model for it)."""
 
 
 class Demo:
-    def __init__(self, out: str | Path, plan: DemoPlan | None = None, console: Console | None = None,
-                 report_writer: ReportWriter | None = None) -> None:
+    def __init__(self, out: str | Path, plan: DemoPlan | None = None, console: Console | None = None) -> None:
         self.out = Path(out)
         self.plan = plan or DemoPlan()
         self.console = console or Console()
-        self.report_writer = report_writer
         self.result = DemoResult(self.out, 0.0)
         self.data = self.out / "data"
         self.lut = self.out / "lut.db"
@@ -115,7 +101,7 @@ class Demo:
             ("data", "generate the demo dataset", self.step_data),
             ("lut", "profile a latency table on ort-cpu", self.step_lut),
             ("predictor", "fit the latency predictor", self.step_predictor),
-            ("search", "SM-NAS search (structural, then modular)", self.step_search),
+            ("search", "SM-NAS search (structural, then modular; successive halving)", self.step_search),
             ("deploy", "deploy the Pareto front on ort-cpu", self.step_deploy),
             ("predict", "run a deployed model on validation images", self.step_predict),
             ("report", "write the report", self.step_report),
@@ -125,10 +111,9 @@ class Demo:
             t0 = time.perf_counter()
             try:
                 reused = fn()
-            except (_Skip, ImportError, NotImplementedError) as e:
-                reason = str(e) or f"{type(e).__name__} (not implemented yet)"
-                self.result.skipped[name] = reason
-                self.console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False, soft_wrap=True)
+            except _Skip as e:
+                self.result.skipped[name] = str(e)
+                self.console.print(f"[yellow]skipped[/] {name}: {e}", highlight=False, soft_wrap=True)
                 continue
             seconds = time.perf_counter() - t0
             self.result.step_seconds[name] = seconds
@@ -145,8 +130,6 @@ class Demo:
         atomic_write_json(self._marker(step), {"step": step, "plan": self.plan.to_dict(), **info})
 
     def _marked(self, step: str) -> bool:
-        import json
-
         path = self._marker(step)
         if not path.is_file():
             return False
@@ -175,9 +158,10 @@ class Demo:
         if self._marked("lut") and self.lut.is_file():
             return True
         p = self.plan
-        pieces, body, _ = default_hooks(num_classes=DEMO_NUM_CLASSES)
+        _, body, _ = default_hooks(num_classes=DEMO_NUM_CLASSES)
         timing = TimingConfig(warmup_runs=3, warmup_s=0.05, min_runs=p.lut_min_runs, max_runs=200,
                               budget_s=p.lut_budget_s)
+        space = load_space(self.search_config().space)
         with self.console.status("profiling") as status:
             count = [0, 0]
 
@@ -188,25 +172,24 @@ class Demo:
                 count[0] += 1
                 status.update(f"profiling {count[0]}/{count[1]}: {label[:70]}")
 
-            report = profile_lut(space=load_space("demo"), out=self.lut, module_pieces=pieces, network_body=body,
+            report = profile_lut(space=space, out=self.lut, module_pieces=None, network_body=body,
                                  backend_name="ort-cpu", backend_opts={"threads": 1}, models=p.lut_models,
-                                 seed=p.seed, resume=self.lut.exists(), max_modules=p.lut_max_modules,
-                                 all_structures=False, timing=timing, on_plan=plan_total, on_item=item)
+                                 seed=p.seed, resume=self.lut.exists(), all_structures=False, timing=timing,
+                                 on_plan=plan_total, on_item=item)
         if report.interrupted:
             raise KeyboardInterrupt
         for failure in report.failures[:5]:
             self.console.print(f"[yellow]failed[/] {failure}", highlight=False, soft_wrap=True)
-        self.console.print(f"{self.lut}: {report.modules_timed} modules and {report.models_timed} models timed "
-                           f"({report.modules_skipped + report.models_skipped} already there)", highlight=False)
-        self._mark("lut", models=report.models_timed, modules=report.modules_timed)
+        self.console.print(f"{self.lut}: {report.models_timed} models of space {space.name!r} timed "
+                           f"({report.models_skipped} already there)", highlight=False)
+        self._mark("lut", models=report.models_timed)
         return False
 
     def search_config(self) -> Any:
         from smnas_trt.search import load_search_config
 
         overrides = {"data": str(self.data.resolve()), "latency.lut": str(self.lut.resolve()),
-                     "latency.threads": 1, "latency.num_classes": DEMO_NUM_CLASSES, "threads": self.plan.threads,
-                     "seed": self.plan.seed, **self.plan.search}
+                     "latency.num_classes": DEMO_NUM_CLASSES, "seed": self.plan.seed, **self.plan.search}
         if self._marked("predictor") and self.predictor.exists():
             overrides["latency.predictor"] = str(self.predictor.resolve())
         return load_search_config("demo", overrides)
@@ -214,8 +197,6 @@ class Demo:
     def step_predictor(self) -> bool:
         from smnas_trt.search import latency
 
-        if not self._marked("lut"):
-            raise _Skip("needs the latency table (step lut)")
         if self._marked("predictor") and self.predictor.exists():
             return True
         cfg = self.search_config().latency
@@ -229,17 +210,25 @@ class Demo:
     def step_search(self) -> bool:
         from smnas_trt.search import is_run_dir, run_search
 
-        if not self._marked("lut"):
-            raise _Skip("needs the latency table (step lut)")
         if self._marked("search") and is_run_dir(self.run_dir):
-            return True
-        resume = is_run_dir(self.run_dir)
-        config = None if resume else self.search_config()
-        result = run_search(config, self.run_dir, resume=resume, console=self.console)
-        self.console.print(f"front: {len(result.front)} models, hypervolume {result.hypervolume:.4f}",
-                           highlight=False)
-        self._mark("search", front=[c.arch_id for c in result.front])
-        return False
+            reused = True
+        else:
+            resume = is_run_dir(self.run_dir)
+            config = None if resume else self.search_config()
+            result = run_search(config, self.run_dir, resume=resume, console=self.console)
+            self.console.print(f"front: {len(result.front)} models, hypervolume {result.hypervolume:.4f}",
+                               highlight=False)
+            self._mark("search", front=[c.arch_id for c in result.front])
+            reused = False
+        self.result.front = self._front()
+        return reused
+
+    def _front(self) -> list[dict[str, Any]]:
+        """The run's front.json entries, fastest first (none before the search has closed a generation)."""
+        from smnas_trt.search import FRONT_FILE
+
+        path = self.run_dir / FRONT_FILE
+        return list(json.loads(path.read_text())["front"]) if path.is_file() else []
 
     def step_deploy(self) -> bool:
         from smnas_trt.deploy.console import StagePrinter, print_summary
@@ -247,8 +236,9 @@ class Demo:
         from smnas_trt.deploy.manifest import read_manifest, write_index
         from smnas_trt.profiling.timing import TimingConfig
 
-        if not self._marked("search"):
-            raise _Skip("needs a finished search (step search)")
+        self.result.front = self._front()
+        if not self.result.front:
+            raise _Skip("the search has no model on its front (none trained within the latency budget)")
         targets = targets_from_run(self.run_dir)
         todo = []
         for t in targets:
@@ -276,46 +266,63 @@ class Demo:
 
     def step_predict(self) -> bool:
         from smnas_trt.deploy.manifest import read_manifest
-        from smnas_trt.deploy.predict import predict_images
+        from smnas_trt.deploy.predict import check_predictions, predict_images
 
         ok = []
-        for arch_id in self.result.deployed_models:
+        for entry in self.result.front:  # fastest first: the last one is the most accurate
             try:
-                if read_manifest(self.deployed / arch_id)["status"] == "ok":
-                    ok.append(arch_id)
+                if read_manifest(self.deployed / entry["arch_id"])["status"] == "ok":
+                    ok.append(entry["arch_id"])
             except SmnasError:
                 continue
         if not ok:
             raise _Skip("no deployed model passed verification (step deploy)")
         images = sorted((self.data / "val").glob("*.png"))[: self.plan.predict_images]
-        result = predict_images(self.deployed / ok[-1], images, self.predictions, min_score=0.3,
-                                threads=self.plan.threads)
+        result = predict_images(self.deployed / ok[-1], images, self.predictions,
+                                min_score=self.plan.predict_min_score, threads=self.plan.threads)
+        check = check_predictions(result, self.data, "val")
         self.result.predictions = self.predictions
-        self.console.print(f"{result.json_path}: {sum(result.counts)} detections on {len(images)} images with "
-                           f"{ok[-1]} ({result.mean_ms:.0f} ms per image)", highlight=False)
+        self.result.prediction_check = check
+        self.console.print(f"{ok[-1]} at min-score {self.plan.predict_min_score}: {check.summary()} "
+                           f"({result.mean_ms:.0f} ms per image); drawn in {self.predictions}", highlight=False)
         return False
 
     def step_report(self) -> bool:
+        from smnas_trt.report import write_report
         from smnas_trt.search import is_run_dir
 
-        if self.report_writer is None:
-            raise _Skip("no report writer given")
         if not is_run_dir(self.run_dir):
             raise _Skip("needs a search run (step search)")
-        self.result.report_md, self.result.pareto_png = self.report_writer(self.run_dir)
+        files = write_report(self.run_dir)
+        self.result.report_md, self.result.pareto_png = files.report_md, files.pareto_png
         return False
 
 
-def run_demo(out: str | Path = "demo_out", plan: DemoPlan | None = None, console: Console | None = None,
-             report_writer: ReportWriter | None = None) -> DemoResult:
+def run_demo(out: str | Path = "demo_out", plan: DemoPlan | None = None, console: Console | None = None) -> DemoResult:
     """Run (or continue) the demo in `out`; see the module docstring for the steps."""
-    return Demo(out, plan, console, report_writer).run()
+    return Demo(out, plan, console).run()
+
+
+def front_table(front: list[dict[str, Any]]) -> Table:
+    """The search's Pareto front as the demo prints it: fastest first."""
+    table = Table(title="Pareto front (measured latency, AP on the validation split)")
+    for column in ("id", "arch", "AP", "AP50", "ms", "rung", "epochs"):
+        table.add_column(column, justify="left" if column in ("id", "arch") else "right",
+                         overflow="fold" if column == "arch" else "ellipsis")
+    for e in front:
+        table.add_row(e["arch_id"], e["arch"], f"{e['ap']:.3f}", f"{e['ap50']:.3f}", f"{e['measured_ms']:.2f}",
+                      "-" if e.get("rung") is None else str(e["rung"]), str(e.get("epochs") or "-"))
+    return table
 
 
 def print_demo_summary(console: Console, result: DemoResult) -> None:
     console.rule("[bold]demo finished", align="left")
     console.print(f"{result.out}: {result.seconds / 60:.1f} min "
                   f"({', '.join(f'{k} {v:.0f} s' for k, v in result.step_seconds.items())})", highlight=False)
+    if result.front:
+        console.print(front_table(result.front))
+    if result.prediction_check is not None:
+        console.print(f"  predictions: {result.prediction_check.summary()}", highlight=False)
     if result.report_md:
         console.print(f"  report:    {result.report_md}", highlight=False)
     if result.pareto_png:
