@@ -5,9 +5,13 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from smnas_trt.errors import SmnasError
+from smnas_trt.profiling.export import DEFAULT_EXPORTER, EXPORTERS
+from smnas_trt.profiling.profile import DEFAULT_MODULE_KINDS
+from smnas_trt.profiling.spec import DEFAULT_THREADS
 
 app = typer.Typer(
     name="smnas",
@@ -26,6 +30,11 @@ def main() -> None:
         app(standalone_mode=False)
     except SmnasError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except ValidationError as e:  # a typed config built from options: name the field, like any other input error
+        from smnas_trt.space.config import pydantic_error_line
+
+        err_console.print(f"[bold red]error:[/] {pydantic_error_line(e)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
@@ -77,8 +86,8 @@ def space_describe(
     """
     from rich.table import Table
 
-    from smnas_trt.models.body import body_input_shape
     from smnas_trt.models.counts import count_flops
+    from smnas_trt.models.graphs import body_input_shape
     from smnas_trt.space import parse
 
     parsed = parse(arch)
@@ -117,13 +126,30 @@ def lut_show(file: str = typer.Argument(..., help="LUT SQLite file.")) -> None:
     from rich.table import Table
 
     from smnas_trt.profiling.lut import LatencyTable
+    from smnas_trt.profiling.profile import NOISE_WARN, noise_warning, repeat_line
 
     with LatencyTable.open(file) as table:
         summary = table.summary()
+        check = table.repeat_check()
+        anchors = table.anchors()
+        runs = table.runs()
     counts = summary["counts"]
     # Plain echo: long device lines must not be re-wrapped mid-word by rich.
     typer.echo(f"{summary['path']}\nmeasured on {summary['device']}")
     typer.echo(f"{counts['modules']} module entries, {counts['models']} model entries")
+    if check is not None and check.repeat_n and check.repeat_median is not None and check.repeat_p90 is not None:
+        typer.echo(repeat_line(check.repeat_n, check.repeat_median, check.repeat_p90))
+        if check.repeat_median > NOISE_WARN:
+            typer.echo(f"warning: {noise_warning(check.repeat_median)}")
+    else:
+        typer.echo("repeat check: none recorded (made before smnas recorded them); the table's noise is unknown")
+    if anchors:
+        drifts = [r for r in runs if r.drift is not None]
+        last = f"; last drift measured {drifts[-1].drift:.3f}x ({drifts[-1].kind})" if drifts else ""
+        typer.echo(f"anchors: {len(anchors)} models, timed by {len(runs)} run(s){last}")
+    else:
+        typer.echo(f"anchors: none, so drift between runs cannot be measured; add them with smnas profile-lut "
+                   f"--resume --anchors --out {file}")
     grid = Table("entries", "kind / scope", "count", "min ms", "mean ms", "max ms")
     for entry, groups in (("module", summary["modules_by_kind"]), ("model", summary["models_by_scope"])):
         for name, g in groups.items():
@@ -156,24 +182,37 @@ def profile_lut_cmd(
     out: str = typer.Option(..., "--out", "-o", help="LUT SQLite file to write."),
     models: int = typer.Option(300, help="Whole architectures to time, spread over all structural choices."),
     seed: int = typer.Option(0, help="Random seed for model and module sampling."),
-    precision: str = typer.Option("fp32", help="fp32 or fp16."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 (GPU backends) or int8."),
     batch: int = typer.Option(1, help="Batch size."),
-    threads: int = typer.Option(None, help="Intra-op threads for CPU backends (default: all usable cores)."),
-    device: str = typer.Option(None, help="torch backend only: cpu (default) or cuda."),
+    threads: int = typer.Option(DEFAULT_THREADS, help="Intra-op threads of CPU backends (1: timings repeat on a "
+                                                      "shared machine; what the search config uses)."),
+    device: str = typer.Option(None, help="cpu, cuda or cuda:N (default: the backend's)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs/--no-cuda-graphs",
-                                     help="torch backend only, with --device cuda: time CUDA graph replays."),
+                                     help="torch backend on CUDA only: time CUDA graph replays."),
     archs: str = typer.Option(None, help="File of arch strings, one per line, instead of sampling --models."),
-    resume: bool = typer.Option(False, help="Continue an existing table; keys already there are skipped."),
+    resume: bool = typer.Option(False, help="Continue an existing table; entries already there are skipped."),
+    modules: str = typer.Option(",".join(DEFAULT_MODULE_KINDS) or "none",
+                                help="Module pieces to time as well: none, all, or a comma list of stem, stage, "
+                                     "neck, head, rpn, roi (they add the LUT-sum baseline and features; the "
+                                     "predictor's held-out accuracy does not need them)."),
     max_modules: int = typer.Option(2000, help="Above this many module configurations, time a stratified sample."),
-    no_modules: bool = typer.Option(False, "--no-modules", help="Time whole models only."),
     end2end: bool = typer.Option(False, help="Also time whole models end2end (decoding + NMS; ORT backends)."),
     num_classes: int = typer.Option(81, help="Classes the heads predict, background included (COCO: 81)."),
     budget_s: float = typer.Option(1.0, help="Timed-run budget per entry, seconds (after warm-up)."),
     min_runs: int = typer.Option(10, help="At least this many timed runs per entry."),
     passes: int = typer.Option(1, help="Time each entry this many times, seconds apart, and keep the median pass "
                                        "(3 rejects a burst of other work on a shared machine)."),
+    anchors: bool = typer.Option(False, "--anchors", help="With --resume: give a table made before anchors existed "
+                                                          "its anchor models (drift between runs)."),
+    exporter: str = typer.Option(DEFAULT_EXPORTER, help="ONNX exporter: legacy (TorchScript, fast) or dynamo."),
+    onnx_cache: str = typer.Option(None, help="Folder of exported graphs reused across runs (default: "
+                                              "$SMNAS_CACHE/onnx or ~/.cache/smnas_trt/onnx)."),
+    no_onnx_cache: bool = typer.Option(False, "--no-onnx-cache", help="Export into a temporary folder instead."),
 ) -> None:
-    """Export module pieces and whole architectures to ONNX, time them on a backend, store a latency table.
+    """Export whole architectures (and module pieces) to ONNX, time them on a backend, store a latency table.
+
+    Each run times the table's anchor models at its start and end (drift between runs), then re-times a
+    sample of its entries (the table's noise floor, shown by `smnas lut show`).
 
     Example: smnas profile-lut --space configs/space_demo.yaml --backend ort-cpu --out lut.db --models 300
     (interrupted? run the same command with --resume)
@@ -188,41 +227,50 @@ def profile_lut_cmd(
         TimeRemainingColumn,
     )
 
-    from smnas_trt.profiling.profile import default_hooks, profile_lut, read_arch_file
+    from smnas_trt.errors import ProfilingError
+    from smnas_trt.profiling.cache import OnnxCache, default_onnx_cache
+    from smnas_trt.profiling.profile import parse_module_kinds, profile_lut, read_arch_file
+    from smnas_trt.profiling.spec import parse_backend_spec
     from smnas_trt.profiling.timing import TimingConfig
     from smnas_trt.space import load_space
 
+    if exporter not in EXPORTERS:
+        raise ProfilingError(f"--exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
+    if anchors and not resume:
+        raise ProfilingError("--anchors adds anchors to an existing table: use it with --resume (a new table gets "
+                             "them anyway)")
+    spec = parse_backend_spec({"backend": backend, "precision": precision, "batch": batch, "threads": threads,
+                               "device": device, "cuda_graphs": cuda_graphs}, "profile-lut")
+    kinds = parse_module_kinds(modules)
     search_space = load_space(space)
     arch_list = None
     if archs:
         arch_list, bad = read_arch_file(archs, search_space)
         for line in bad:
             err_console.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
-    pieces, body, full = default_hooks(num_classes)
-    # None values are dropped by get_backend, so backends other than torch only see these when given.
-    backend_opts = {"threads": threads, "precision": precision, "batch": batch, "device": device,
-                    "cuda_graphs": True if cuda_graphs else None}
     timing = TimingConfig(min_runs=min_runs, max_runs=max(min_runs, 1000), budget_s=budget_s)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as progress:
+    with OnnxCache(None if no_onnx_cache else (onnx_cache or default_onnx_cache())) as cache, \
+            Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("profiling", total=None)
         report = profile_lut(
-            space=search_space, out=out, module_pieces=None if no_modules else pieces, network_body=body,
-            end2end=full if end2end else None,
-            backend_name=backend, backend_opts=backend_opts,
-            models=models, archs=arch_list, seed=seed, resume=resume, max_modules=max_modules, timing=timing,
-            passes=passes, on_plan=lambda total: progress.update(task, total=total),
+            space=search_space, out=out, spec=spec, models=models, archs=arch_list, seed=seed, resume=resume,
+            module_kinds=kinds, max_modules=max_modules, end2end=end2end, num_classes=num_classes, timing=timing,
+            passes=passes, cache=cache, exporter=exporter, add_anchors=anchors,  # type: ignore[arg-type]
+            on_plan=lambda total: progress.update(task, total=total),
             on_item=lambda label: progress.update(task, advance=1, description=label[:60]),
         )  # fmt: skip
     for message in report.messages:
         console.print(message, highlight=False)
     for failure in report.failures:
         err_console.print(f"[red]failed[/] {failure}", highlight=False, soft_wrap=True)
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     console.print(
         f"{out}: {report.modules_timed} modules and {report.models_timed} models timed, "
-        f"{report.modules_skipped + report.models_skipped} already there, {len(report.failures)} failed "
-        f"in {report.elapsed_s:.0f} s",
+        f"{report.modules_skipped + report.models_skipped} already there, {len(report.failures)} failed; "
+        f"{report.split.line(report.elapsed_s)}; ONNX cache {report.cache_hits} hits, {report.cache_misses} exports",
         highlight=False,
     )
     if report.interrupted:
@@ -486,8 +534,9 @@ def deploy_cmd(
     precision: str = typer.Option("fp32", help="fp32 or fp16 (fp16: tensorrt, ort-cuda, torch on cuda)."),
     out: str = typer.Option("deployed", "--out", "-o", help="Output folder: OUT/<arch id>/ per model, OUT/models.md."),
     overwrite: bool = typer.Option(False, help="Replace model folders that already exist in OUT."),
-    threads: int = typer.Option(None, help="CPU intra-op threads for timing (default: all cores)."),
-    device: str = typer.Option(None, help="torch backend only: cpu (default) or cuda."),
+    threads: int = typer.Option(DEFAULT_THREADS, help="CPU intra-op threads it runs and is timed with (1: as the "
+                                                      "latency table and the search timed it)."),
+    device: str = typer.Option(None, help="cpu, cuda or cuda:N (default: the backend's)."),
     verify_images: int = typer.Option(8, help="Validation images compared against PyTorch."),
     quick: bool = typer.Option(False, help="Short timing (smoke runs; figures are noisier)."),
 ) -> None:
@@ -498,21 +547,20 @@ def deploy_cmd(
     """
     from pathlib import Path
 
-    from smnas_trt.deploy import DeployOptions, check_backend, deploy_models, target_from_checkpoint, targets_from_run
+    from smnas_trt.deploy import DeployOptions, deploy_models, deploy_spec, target_from_checkpoint, targets_from_run
     from smnas_trt.deploy.console import StagePrinter, print_summary
     from smnas_trt.errors import DeployError
     from smnas_trt.profiling.timing import TimingConfig
 
-    check_backend(backend, precision, device)
+    spec = deploy_spec(backend, precision, threads, device)
     if (run is None) == (checkpoint is None):
         raise DeployError("give --run RUN (with --front or --arch ID) or --checkpoint CKPT --data DIR")
     if front and arch:
         raise DeployError("--front and --arch exclude each other")
     targets = targets_from_run(run, arch or None, data) if run else [target_from_checkpoint(checkpoint, data)]
-    options = DeployOptions(out=Path(out), backend=backend, precision=precision, overwrite=overwrite, threads=threads,
-                            device=device, verify_images=verify_images,
+    options = DeployOptions(out=Path(out), spec=spec, overwrite=overwrite, verify_images=verify_images,
                             timing=TimingConfig.quick() if quick else TimingConfig())
-    console.print(f"smnas deploy: {len(targets)} model(s) -> {out} on {backend} {precision}", highlight=False)
+    console.print(f"smnas deploy: {len(targets)} model(s) -> {out} on {spec.describe()}", highlight=False)
     printer = StagePrinter(console, len(targets))
     result = deploy_models(targets, options, printer, printer.model)
     print_summary(console, result)
@@ -526,7 +574,7 @@ def predict_cmd(
     model: str = typer.Option(..., "--model", "-m", help="A deployed model folder (OUT/<arch id> of smnas deploy)."),
     out: str = typer.Option("predictions", "--out", "-o", help="Folder for detections.json and the drawn images."),
     min_score: float = typer.Option(0.3, help="Write and draw detections at or above this score."),
-    threads: int = typer.Option(None, help="CPU intra-op threads (default: all cores)."),
+    threads: int = typer.Option(None, help="CPU intra-op threads (default: those the model was deployed with)."),
 ) -> None:
     """Detect objects with a deployed model; write detections (JSON) and images with boxes drawn.
 

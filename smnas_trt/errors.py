@@ -42,3 +42,13 @@ class SearchError(SmnasError):
 
 class DeployError(SmnasError):
     """Deployment, verification or runtime problems."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An exception as one line: its message's first line, or its type when it has none.
+
+    Our own errors are one line already; other libraries' messages get their type in front."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, SmnasError):
+        return text or type(error).__name__
+    return (f"{type(error).__name__}: {text}" if text else type(error).__name__)[:limit]

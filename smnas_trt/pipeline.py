@@ -151,17 +151,18 @@ class Demo:
         return reused
 
     def step_lut(self) -> bool:
-        from smnas_trt.profiling.profile import default_hooks, profile_lut
+        from smnas_trt.profiling.cache import OnnxCache, default_onnx_cache
+        from smnas_trt.profiling.profile import profile_lut
         from smnas_trt.profiling.timing import TimingConfig
         from smnas_trt.space import load_space
 
         if self._marked("lut") and self.lut.is_file():
             return True
         p = self.plan
-        _, body, _ = default_hooks(num_classes=DEMO_NUM_CLASSES)
         timing = TimingConfig(warmup_runs=3, warmup_s=0.05, min_runs=p.lut_min_runs, max_runs=200,
                               budget_s=p.lut_budget_s)
-        space = load_space(self.search_config().space)
+        config = self.search_config()
+        space = load_space(config.space)
         with self.console.status("profiling") as status:
             count = [0, 0]
 
@@ -172,16 +173,19 @@ class Demo:
                 count[0] += 1
                 status.update(f"profiling {count[0]}/{count[1]}: {label[:70]}")
 
-            report = profile_lut(space=space, out=self.lut, module_pieces=None, network_body=body,
-                                 backend_name="ort-cpu", backend_opts={"threads": 1}, models=p.lut_models,
-                                 seed=p.seed, resume=self.lut.exists(), all_structures=False, timing=timing,
-                                 on_plan=plan_total, on_item=item)
+            with OnnxCache(default_onnx_cache()) as cache:
+                report = profile_lut(space=space, out=self.lut, spec=config.latency.spec(), models=p.lut_models,
+                                     seed=p.seed, resume=self.lut.exists(), num_classes=DEMO_NUM_CLASSES,
+                                     timing=timing, cache=cache, on_plan=plan_total, on_item=item)
         if report.interrupted:
             raise KeyboardInterrupt
-        for failure in report.failures[:5]:
-            self.console.print(f"[yellow]failed[/] {failure}", highlight=False, soft_wrap=True)
+        for line in [*report.failures[:5], *report.warnings]:
+            self.console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
+        for message in report.messages:
+            self.console.print(message, highlight=False, soft_wrap=True)
         self.console.print(f"{self.lut}: {report.models_timed} models of space {space.name!r} timed "
-                           f"({report.models_skipped} already there)", highlight=False)
+                           f"({report.models_skipped} already there); {report.split.line(report.elapsed_s)}",
+                           highlight=False)
         self._mark("lut", models=report.models_timed)
         return False
 
@@ -256,9 +260,9 @@ class Demo:
             return True
         printer = StagePrinter(self.console, len(todo))
         timing = TimingConfig(warmup_runs=3, warmup_s=0.05, min_runs=10, max_runs=200, budget_s=0.3)
-        result = deploy_models(todo, DeployOptions(out=self.deployed, backend="ort-cpu", overwrite=True, threads=1,
-                                                   verify_images=self.plan.deploy_verify_images, timing=timing),
-                               printer, printer.model)
+        options = DeployOptions(out=self.deployed, spec=self.search_config().latency.spec(), overwrite=True,
+                                verify_images=self.plan.deploy_verify_images, timing=timing)
+        result = deploy_models(todo, options, printer, printer.model)
         if len(todo) < len(targets):
             self.console.print(f"{len(targets) - len(todo)} model(s) kept from an earlier demo", highlight=False)
         print_summary(self.console, result)

@@ -8,9 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from pydantic import ValidationError
 
 from smnas_trt.errors import BackendUnavailableError, ProfilingError
-from smnas_trt.profiling.backends import BACKEND_NAMES, get_backend, random_inputs
+from smnas_trt.profiling.backend import random_inputs
+from smnas_trt.profiling.spec import BACKEND_NAMES, BackendSpec, parse_backend_spec
 from smnas_trt.profiling.timing import TimingConfig
 
 torch.set_num_threads(1)
@@ -31,6 +33,12 @@ class TinyNet(torch.nn.Module):
         c2 = self.down(c1)
         p1 = c1 + torch.nn.functional.interpolate(c2, scale_factor=2.0, mode="nearest")
         return self.head(p1), self.head(c2)
+
+
+def get_backend(name: str, **kw: object):  # type: ignore[no-untyped-def]
+    """The backend of a spec with these fields (a TensorRT-only option such as cache_dir passed through)."""
+    extra = {k: kw.pop(k) for k in ("cache_dir", "layer_times") if k in kw}
+    return BackendSpec(backend=name, **kw).build(**extra)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +105,7 @@ def test_torch_backend_matches_ort_on_same_graph(tiny, tiny_onnx) -> None:
 def test_torch_backend_refuses_onnx_files(tiny_onnx) -> None:
     with pytest.raises(ProfilingError, match=r"nn\.Modules"):
         get_backend("torch").load(tiny_onnx)
-    with pytest.raises(ProfilingError, match="cuda_graphs"):
+    with pytest.raises(ValidationError, match="cuda_graphs"):
         get_backend("torch", device="cpu", cuda_graphs=True)
 
 
@@ -106,15 +114,36 @@ def test_ort_refuses_modules(tiny) -> None:
         get_backend("ort-cpu").load_module(*tiny)
 
 
-def test_unknown_backend_and_option() -> None:
+def test_unknown_backend_option_and_device_are_one_line() -> None:
     with pytest.raises(ProfilingError) as e:
-        get_backend("onnx-gpu")
+        parse_backend_spec({"backend": "onnx-gpu"}, "profile-lut")
+    assert str(e.value).startswith("profile-lut: backend: ") and "\n" not in str(e.value)
     for name in BACKEND_NAMES:
         assert name in str(e.value)
-    with pytest.raises(ProfilingError, match="no option warp"):
-        get_backend("ort-cpu", warp=9)
+    with pytest.raises(ProfilingError, match="profile-lut: warp: unknown field"):
+        parse_backend_spec({"backend": "ort-cpu", "warp": 9}, "profile-lut")
     with pytest.raises(ProfilingError, match="precision"):
-        get_backend("ort-cpu", precision="int4")
+        parse_backend_spec({"precision": "int4"})
+    with pytest.raises(ProfilingError, match=r"device 'gpu0' is not one of cpu, cuda, cuda:N"):
+        parse_backend_spec({"backend": "torch", "device": "gpu0"})
+    with pytest.raises(ProfilingError, match="ort-cpu runs on the cpu, not on cuda:0"):
+        parse_backend_spec({"backend": "ort-cpu", "device": "cuda:0"})
+    with pytest.raises(ProfilingError, match="fp16 needs a GPU backend"):
+        parse_backend_spec({"backend": "ort-cpu", "precision": "fp16"})
+    # One vocabulary: cuda means cuda:0, for every backend.
+    spec = BackendSpec(backend="ort-cuda", device="cuda")
+    assert (spec.device_kind, spec.device_index) == ("cuda", 0)
+    assert BackendSpec(backend="torch", device="cuda:1").device_index == 1
+    assert BackendSpec().resolved_device == "cpu" and BackendSpec(backend="tensorrt").resolved_device == "cuda:0"
+
+
+def test_cuda_device_is_refused_in_one_line_where_there_is_none() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    spec = BackendSpec(backend="torch", device="cuda:0")  # valid anywhere: the config may be for another machine
+    with pytest.raises(BackendUnavailableError) as e:
+        spec.check_here()
+    assert str(e.value) == "device cuda:0 (torch) needs a CUDA GPU; torch sees none on this machine"
 
 
 def test_missing_and_corrupt_onnx(tmp_path: Path) -> None:
@@ -128,8 +157,11 @@ def test_missing_and_corrupt_onnx(tmp_path: Path) -> None:
 
 
 def test_fp16_needs_an_fp16_graph(tiny_onnx) -> None:
-    with pytest.raises(ProfilingError, match="fp16"):
-        get_backend("ort-cpu", precision="fp16").load(tiny_onnx)
+    from smnas_trt.profiling.onnx_graph import check_graph_precision
+
+    with pytest.raises(ProfilingError, match="graph inputs are float32 but backend ort-cuda was asked for fp16"):
+        check_graph_precision(tiny_onnx, "fp16", "ort-cuda")
+    check_graph_precision(tiny_onnx, "int8", "ort-cpu")  # an int8 (QDQ) graph keeps float inputs
 
 
 def test_random_inputs_are_seeded(tiny_onnx) -> None:

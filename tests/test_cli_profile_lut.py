@@ -23,7 +23,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 
 
 def profile_args(out: Path, backend: str, *extra: str) -> list[str]:
-    return ["profile-lut", "--space", "tiny", "--backend", backend, "--models", "1", "--no-modules",
+    return ["profile-lut", "--space", "tiny", "--backend", backend, "--models", "1", "--modules", "none",
             "--out", str(out), *extra]
 
 
@@ -31,10 +31,15 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has 
 
 
 @pytest.mark.parametrize(("backend", "extra", "message"), [
-    pytest.param("torch", ("--device", "cuda"), "torch backend on cuda needs a CUDA GPU", marks=NO_GPU),
-    ("ort-cpu", ("--device", "cpu"), "backend ort-cpu takes no option device"),
-    ("torch", ("--cuda-graphs",), "cuda_graphs needs device='cuda'"),
-    ("ort-cpu", ("--passes", "0"), "passes must be >= 1"),
+    pytest.param("torch", ("--device", "cuda:0"), "device cuda:0 (torch) needs a CUDA GPU", marks=NO_GPU),
+    ("ort-cpu", ("--device", "cuda"), "profile-lut: backend ort-cpu runs on the cpu, not on cuda"),
+    ("torch", ("--device", "gpu"), "device 'gpu' is not one of cpu, cuda, cuda:N"),
+    ("torch", ("--cuda-graphs",), "cuda_graphs needs the torch backend on a CUDA device"),
+    ("ort-cpu", ("--passes", "0"), "--passes must be >= 1"),
+    ("ort-cpu", ("--modules", "stems"), "--modules: unknown kind 'stems'"),
+    ("ort-cpu", ("--exporter", "jit"), "--exporter 'jit' is not one of legacy, dynamo"),
+    ("ort-cpu", ("--anchors",), "--anchors adds anchors to an existing table: use it with --resume"),
+    ("ort-cpu", ("--onnx-cache", "/proc/version/x"), "ONNX cache /proc/version/x: not a writable folder"),
 ])
 def test_misuse_is_one_line_and_writes_nothing(
     backend: str, extra: tuple[str, ...], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -19,6 +19,7 @@ from smnas_trt.deploy import (
     Verification,
     check_files,
     deploy_models,
+    deploy_spec,
     match_detections,
     read_manifest,
     sha256_file,
@@ -56,7 +57,7 @@ def deployed(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactor
     data, ckpt = trained
     out = tmp_path_factory.mktemp("out") / "deployed"
     target = target_from_checkpoint(ckpt, data, ap=0.01, ap50=0.02)
-    result = deploy_models([target], DeployOptions(out=out, backend="ort-cpu", threads=1, verify_images=3,
+    result = deploy_models([target], DeployOptions(out=out, spec=deploy_spec("ort-cpu", threads=1), verify_images=3,
                                                    timing=QUICK))
     assert not result.failed, result.models[0].error
     return out / target.arch_id
@@ -170,7 +171,7 @@ def test_runtime_predict_matches_pytorch_in_original_pixels(deployed: Path, trai
 def test_deploy_torch_backend(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, ckpt = trained
     target = target_from_checkpoint(ckpt, data)
-    result = deploy_models([target], DeployOptions(out=tmp_path, backend="torch", threads=1, verify_images=2,
+    result = deploy_models([target], DeployOptions(out=tmp_path, spec=deploy_spec("torch", threads=1), verify_images=2,
                                                    timing=QUICK))
     assert not result.failed
     folder = tmp_path / target.arch_id
@@ -207,7 +208,7 @@ def test_failed_verification_is_recorded_and_refused_on_load(trained: tuple[Path
     monkeypatch.setattr(deployer, "tolerance_for", lambda precision: impossible)
     data, ckpt = trained
     target = target_from_checkpoint(ckpt, data)
-    result = deploy_models([target], DeployOptions(out=tmp_path, backend="torch", threads=1, verify_images=1,
+    result = deploy_models([target], DeployOptions(out=tmp_path, spec=deploy_spec("torch", threads=1), verify_images=1,
                                                    timing=QUICK))
     assert [m.arch_id for m in result.failed] == [target.arch_id]
     m = read_manifest(tmp_path / target.arch_id)
@@ -286,12 +287,15 @@ def test_run_without_a_front_is_refused(trained: tuple[Path, Path], tmp_path: Pa
 
 def test_fp16_on_ort_cpu_and_unknown_backend_are_refused(tmp_path: Path) -> None:
     target = DeployTarget("x", "x", tmp_path / "none.pt", tmp_path)
-    with pytest.raises(DeployError, match="backend ort-cpu cannot run fp16"):
-        deploy_models([target], DeployOptions(out=tmp_path, backend="ort-cpu", precision="fp16"))
-    with pytest.raises(DeployError, match="torch on cpu cannot run fp16"):
-        deploy_models([target], DeployOptions(out=tmp_path, backend="torch", precision="fp16"))
-    with pytest.raises(DeployError, match="is not one of"):
-        deploy_models([target], DeployOptions(out=tmp_path, backend="onnx"))
+    with pytest.raises(DeployError, match=r"deploy: precision fp16 needs a GPU backend .ort-cpu on the cpu"):
+        deploy_spec("ort-cpu", "fp16")
+    with pytest.raises(DeployError, match=r"precision fp16 needs a GPU backend .torch on the cpu"):
+        deploy_spec("torch", "fp16")
+    with pytest.raises(DeployError, match="deploy: backend: Input should be 'ort-cpu', 'ort-cuda', 'torch' or"):
+        deploy_spec("onnx")
+    with pytest.raises(DeployError, match=r"int8 runs quantized .QDQ. ONNX graphs"):
+        deploy_spec("torch", "int8")
+    del target
 
 
 def test_existing_output_folder_is_refused_unless_overwrite(deployed: Path, trained: tuple[Path, Path]) -> None:
@@ -299,7 +303,7 @@ def test_existing_output_folder_is_refused_unless_overwrite(deployed: Path, trai
     target = target_from_checkpoint(ckpt, data)
     before = (deployed / MANIFEST).read_bytes()
     with pytest.raises(DeployError, match="exists; pass --overwrite"):
-        deploy_models([target], DeployOptions(out=deployed.parent, backend="ort-cpu"))
+        deploy_models([target], DeployOptions(out=deployed.parent, spec=deploy_spec("ort-cpu", threads=1)))
     assert (deployed / MANIFEST).read_bytes() == before
 
 
@@ -319,7 +323,7 @@ def test_deploy_cli_from_a_run(trained: tuple[Path, Path], tmp_path: Path) -> No
     for stage in ("checkpoint", "weights", "verify", "latency", "saved", "smnas predict --model"):
         assert stage in result.output
     search = read_manifest(out / arch_id)["latency"]["search"]
-    assert search["backend"] == "ort-cpu" and search["comparable"] is False  # predicted on another backend
+    assert search["backend_spec"]["backend"] == "ort-cpu" and search["comparable"] is False  # another backend
     again = CliRunner().invoke(app, args)  # the model folder exists now
     assert isinstance(again.exception, DeployError) and "--overwrite" in str(again.exception)
 
@@ -333,7 +337,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "backend ort-cpu cannot run fp16" in lines[0]  # refused before the checkpoint
+    assert len(lines) == 1 and "precision fp16 needs a GPU backend" in lines[0]  # refused before the checkpoint
 
 
 @pytest.mark.tensorrt
@@ -344,7 +348,7 @@ def test_tensorrt_deploy_fp16(trained: tuple[Path, Path], tmp_path: Path) -> Non
         pytest.skip("TensorRT needs a CUDA GPU")
     data, ckpt = trained
     target = target_from_checkpoint(ckpt, data)
-    result = deploy_models([target], DeployOptions(out=tmp_path, backend="tensorrt", precision="fp16",
+    result = deploy_models([target], DeployOptions(out=tmp_path, spec=deploy_spec("tensorrt", "fp16"),
                                                    verify_images=3))
     assert not result.failed, result.models[0].error or result.models[0].manifest
     folder = tmp_path / target.arch_id

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,12 +19,12 @@ from typer.testing import CliRunner
 
 from smnas_trt.cli import app
 from smnas_trt.errors import ForeignDeviceError, PredictorError
-from smnas_trt.models.body import module_pieces
 from smnas_trt.models.counts import count_flops
+from smnas_trt.models.piece_keys import arch_piece_keys
+from smnas_trt.models.pieces import module_pieces
 from smnas_trt.predictors import FitConfig, LatencyPredictor, evaluate_on_table, fit_predictor, load_training_data
 from smnas_trt.predictors.analytic import arch_counts
 from smnas_trt.predictors.features import FeatureConfig, Featurizer
-from smnas_trt.predictors.lut_keys import arch_piece_keys
 from smnas_trt.predictors.metrics import FlopsLinear, accuracy
 from smnas_trt.predictors.predictor import PRIOR_FEATURES, _conformal_quantile, _fit_prior, _log_prior
 from smnas_trt.predictors.report import (
@@ -35,9 +34,10 @@ from smnas_trt.predictors.report import (
     read_predictions_csv,
     report_from_csv,
 )
-from smnas_trt.profiling.backends import get_backend
+from smnas_trt.profiling.cache import OnnxCache
 from smnas_trt.profiling.lut import LatencyTable
-from smnas_trt.profiling.profile import default_hooks, piece_config, time_module
+from smnas_trt.profiling.profile import model_job, piece_config, piece_job, time_jobs
+from smnas_trt.profiling.spec import BackendSpec
 from smnas_trt.profiling.timing import TimingConfig
 from smnas_trt.space import parse
 
@@ -67,20 +67,20 @@ FAST_FIT = FitConfig(folds=3, rounds=60, scale_rounds=20, threads=1)
 
 
 def _profile(path: Path, archs: list[str], pieces_of: list[str]) -> None:
-    backend = get_backend("ort-cpu", threads=1)
-    _, body_of, _ = default_hooks(81)
-    with LatencyTable.create(path, backend.fingerprint()) as table, tempfile.TemporaryDirectory() as tmp:
-        for text in archs:
-            arch = parse(text)
-            body, inputs = body_of(arch)
-            stats, extra = time_module(backend, body, inputs, Path(tmp), text, QUICK, exporter="legacy")
-            table.put_model(arch, "network", stats, extra)
-        for text in pieces_of:
-            for piece in module_pieces(parse(text), num_classes=81):
-                if not table.has(piece.key):
-                    stats, extra = time_module(backend, piece.module, piece.inputs, Path(tmp), piece.key, QUICK,
-                                               exporter="legacy")
-                    table.put_module(piece.key, piece.kind, piece_config(piece), stats, extra)
+    """Time the models and the pieces of `pieces_of` into a table with the profiler's own jobs."""
+    backend = BackendSpec(threads=1).build()
+    pieces = {p.key: p for text in pieces_of for p in module_pieces(parse(text), num_classes=81)}
+    jobs = [model_job(parse(text), 81, 1, "fp32", "legacy") for text in archs]
+    jobs += [piece_job(p, 1, "fp32", "legacy") for p in pieces.values()]
+    with LatencyTable.create(path, backend.fingerprint()) as table, OnnxCache(None) as cache:
+        for result in time_jobs(backend, jobs, QUICK, cache):
+            assert result.stats is not None, result.error
+            kind, key = result.job.name.split(":", 1)
+            if kind == "network":
+                table.put_model(key, "network", result.stats, result.extra)
+            else:
+                piece = pieces[key]
+                table.put_module(piece.key, piece.kind, piece_config(piece), result.stats, result.extra)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,11 @@
-"""profile-lut's loop on real exports and real ORT sessions, with small stand-in pieces and bodies."""
+"""profile-lut on real exports and real ORT sessions: the loop, the ONNX cache, the repeat check, anchors, drift."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +13,18 @@ import pytest
 import torch
 
 from smnas_trt.errors import ProfilingError
-from smnas_trt.profiling.backends import get_backend
-from smnas_trt.profiling.lut import open_table
+from smnas_trt.models.graphs import GraphSpec
+from smnas_trt.profiling.backend import Backend, Runner
+from smnas_trt.profiling.backends import OrtCpuBackend
+from smnas_trt.profiling.cache import OnnxCache
+from smnas_trt.profiling.lut import LatencyTable, open_table
 from smnas_trt.profiling.profile import (
     TimingJob,
+    choose_anchors,
     dedup_pieces,
+    measure_drift,
     median_pass,
+    parse_module_kinds,
     profile_lut,
     read_arch_file,
     sample_models,
@@ -23,44 +32,22 @@ from smnas_trt.profiling.profile import (
     structure_of,
     time_jobs,
 )
-from smnas_trt.profiling.timing import LatencyStats, TimingConfig
+from smnas_trt.profiling.spec import BackendSpec
+from smnas_trt.profiling.timing import LatencyStats, TimingConfig, time_runs
 from smnas_trt.space import load_space
 
 torch.set_num_threads(1)
 QUICK = TimingConfig(warmup_runs=1, warmup_s=0.0, min_runs=3, max_runs=3, budget_s=0.0)
 
 
-@dataclass
-class ConvPiece:
-    """A real conv module keyed by its channels and input size (as the models' pieces are keyed)."""
-
-    kind: str
-    channels: int
-    size: int
-    key: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
-    module: Any = None
-    inputs: tuple[Any, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.key = f"{self.kind}:c{self.channels}:{self.size}"
-        self.config = {"channels": self.channels, "size": self.size}
-        self.module = torch.nn.Conv2d(self.channels, self.channels, 3, padding=1).eval()
-        self.inputs = (torch.rand(1, self.channels, self.size, self.size),)
-
-
-def pieces_of(arch) -> list[ConvPiece]:
-    # Two stem keys (one per demo input size) and one neck key: three distinct pieces in the space.
-    return [ConvPiece("stem", 4, arch.size.width // 8), ConvPiece("neck", 4, 8)]
-
-
-def body_of(arch) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-    return torch.nn.Conv2d(3, 4, 3, stride=4).eval(), (torch.rand(1, 3, arch.size.height // 4, arch.size.width // 4),)
-
-
 @pytest.fixture(scope="module")
 def space():
     return load_space("demo")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_space("tiny")
 
 
 def test_sample_models_cover_structures(space) -> None:
@@ -71,10 +58,20 @@ def test_sample_models_cover_structures(space) -> None:
 
 
 def test_stratified_sample_keeps_every_kind() -> None:
-    pieces = [ConvPiece("stage", c, 8) for c in range(1, 41)] + [ConvPiece("head", 2, s) for s in (8, 16)]
+    from types import SimpleNamespace
+
+    pieces = [SimpleNamespace(kind="stage", key=f"s{c}") for c in range(40)] + \
+        [SimpleNamespace(kind="head", key=f"h{c}") for c in range(2)]
     picked = stratified_sample(pieces, 10, seed=0)
     assert len(picked) <= 10 and {p.kind for p in picked} == {"stage", "head"}
     assert len(dedup_pieces([*pieces, *pieces])) == 42
+
+
+def test_module_kinds_option() -> None:
+    assert parse_module_kinds("none") == () and len(parse_module_kinds("all")) == 6
+    assert parse_module_kinds("stem, head") == ("stem", "head")
+    with pytest.raises(ProfilingError, match="--modules: unknown kind 'stages'"):
+        parse_module_kinds("stem,stages")
 
 
 def test_arch_file_bad_lines_reported_by_number(tmp_path: Path, space) -> None:
@@ -87,9 +84,23 @@ def test_arch_file_bad_lines_reported_by_number(tmp_path: Path, space) -> None:
     assert len(bad) == 2 and bad[0].startswith(f"{path}:4:") and bad[1].startswith(f"{path}:6:")
 
 
-def test_profile_writes_interrupts_and_resumes(tmp_path: Path, space) -> None:
+def test_anchors_span_the_space_and_its_kinds(space) -> None:
+    anchors = choose_anchors(space, 8)
+    assert len(anchors) == len(set(anchors)) == 8 and anchors == choose_anchors(space, 8)
+    kinds = {"cascade" if "cascade" in a else "2fc" if "/2fc" in a else "one-stage" for a in anchors}
+    assert kinds == {"one-stage", "2fc", "cascade"}
+    assert all(space.parse(a) for a in anchors)
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def _profile(tiny, out: Path, cache: OnnxCache, **kw: Any):  # type: ignore[no-untyped-def]
+    archs = kw.pop("archs", None) or sample_models(tiny, 3, seed=0)
+    return profile_lut(space=tiny, out=out, spec=BackendSpec(threads=1), archs=archs, timing=QUICK, cache=cache,
+                       num_classes=5, **kw)
+
+
+def test_profile_writes_interrupts_and_resumes(tmp_path: Path, tiny) -> None:
     out = tmp_path / "lut.db"
-    archs = sample_models(space, 1, seed=0)
     seen: list[str] = []
 
     def stop_after_two(label: str) -> None:
@@ -97,71 +108,256 @@ def test_profile_writes_interrupts_and_resumes(tmp_path: Path, space) -> None:
         if len(seen) == 2:
             raise KeyboardInterrupt
 
-    kwargs = dict(space=space, module_pieces=pieces_of, network_body=body_of, archs=archs, timing=QUICK,
-                  backend_opts={"threads": 1})  # fmt: skip
-    report = profile_lut(out=out, on_item=stop_after_two, **kwargs)
-    assert report.interrupted and report.modules_timed == 2
-    with open_table(out) as table:
-        assert table.counts() == {"modules": 2, "models": 0}  # completed rows survived the interrupt
-    with pytest.raises(ProfilingError, match="--resume"):
-        profile_lut(out=out, **kwargs)
-    report = profile_lut(out=out, resume=True, **kwargs)
-    assert not report.interrupted and not report.failures
-    assert report.modules_skipped == 2 and report.models_timed == 1
-    with open_table(out) as table:
-        n_modules = table.counts()["modules"]
-        assert n_modules == report.modules_total == 3 and table.counts()["models"] == 1
-        keys = [m.key for m in table.module_rows()]
-        assert len(keys) == len(set(keys))
-        assert all(m.stats.n == 3 and m.extra["exporter"] == "dynamo" for m in table.module_rows())
-    again = profile_lut(out=out, resume=True, **kwargs)
-    assert again.modules_timed == 0 and again.models_timed == 0 and again.models_skipped == 1
+    with OnnxCache(tmp_path / "cache") as cache:
+        report = _profile(tiny, out, cache, module_kinds=("stem", "head"), all_structures=False,
+                          on_item=stop_after_two)
+        assert report.interrupted
+        with open_table(out) as table:
+            assert sum(table.counts().values()) == 2  # completed rows survived the interrupt
+        with pytest.raises(ProfilingError, match="--resume"):
+            _profile(tiny, out, cache)
+        report = _profile(tiny, out, cache, module_kinds=("stem", "head"), all_structures=False, resume=True)
+        assert not report.interrupted and not report.failures
+        assert report.modules_skipped + report.models_skipped == 2  # what the first run finished is kept
+        with open_table(out) as table:
+            assert table.counts()["models"] == 3
+            kinds = {m.kind for m in table.module_rows()}
+            assert kinds == {"stem", "head"}
+            assert all(m.stats.n == 3 and m.extra["exporter"] == "legacy" for m in table.model_rows())
+            assert table.num_classes == 5 and len(table.anchors()) == 8
+        again = _profile(tiny, out, cache, module_kinds=("stem", "head"), all_structures=False, resume=True)
+        assert again.modules_timed == 0 and again.models_timed == 0 and again.models_skipped == 3
+        with pytest.raises(ProfilingError, match=r"--num-classes 81: .* was timed with 5 classes"):
+            profile_lut(space=tiny, out=out, spec=BackendSpec(threads=1), models=1, timing=QUICK, cache=cache,
+                        resume=True)
 
 
-def test_profile_reports_failures_and_samples(tmp_path: Path, space) -> None:
-    def broken_body(arch):
-        raise RuntimeError("body builder exploded")
+def test_two_stage_models_are_timed_as_their_two_graphs(tmp_path: Path, space) -> None:
+    arch = space.parse("128x128/r18_16_11-21-21-21/fpn:P3-P6:32/rpn/cascade2:64")
+    with OnnxCache(tmp_path / "cache") as cache:
+        report = profile_lut(space=space, out=tmp_path / "lut.db", spec=BackendSpec(threads=1), archs=[arch],
+                             timing=QUICK, cache=cache, num_classes=11, anchors=0, repeat_check=False)
+    assert not report.failures, report.failures
+    with open_table(tmp_path / "lut.db") as table:
+        [row] = table.model_rows()
+    assert set(row.extra["graphs_ms"]) == {"rpn", "roi"} and set(row.extra["onnx_sha256"]) == {"rpn", "roi"}
+    assert row.median_ms == pytest.approx(sum(row.extra["graphs_ms"].values()), rel=1e-6)
 
-    report = profile_lut(
-        space=space, out=tmp_path / "lut.db", module_pieces=pieces_of, network_body=broken_body,
-        archs=sample_models(space, 1, seed=0), timing=QUICK, max_modules=2, backend_opts={"threads": 1},
-    )  # fmt: skip
-    assert report.modules_total > 2 and report.modules_selected <= 2
-    assert "stratified sample" in report.messages[0]
-    assert report.models_timed == 0 and "body builder exploded" in report.failures[0]
+
+def test_a_second_profile_of_the_same_entries_hits_the_cache(tmp_path: Path, tiny) -> None:
+    distinct = len({*choose_anchors(tiny, 2), *map(str, sample_models(tiny, 3, seed=0))})
+    with OnnxCache(tmp_path / "cache") as cache:
+        first = _profile(tiny, tmp_path / "a.db", cache, anchors=2, repeat_check=False)
+        assert first.cache_misses == distinct and first.split.export_s > 0
+    # Another run, another table (say a second backend), the same cache folder: nothing is exported again.
+    with OnnxCache(tmp_path / "cache") as cache:
+        second = _profile(tiny, tmp_path / "b.db", cache, anchors=2, repeat_check=False)
+        # The models, and the anchors at the start and the end (each time after one warm-up timing).
+        assert (second.cache_misses, second.cache_hits) == (0, 3 + 2 * (2 + 1))
+        assert second.split.export_s < first.split.export_s / 5
+    # An altered cached file is exported again, and said once.
+    victim = next((tmp_path / "cache").glob("*.onnx"))
+    victim.write_bytes(victim.read_bytes()[:-10])
+    with OnnxCache(tmp_path / "cache") as cache:
+        third = _profile(tiny, tmp_path / "c.db", cache, anchors=2, repeat_check=False)
+    assert (third.cache_misses, third.cache_altered) == (1, 1) and not third.failures
+    assert sum("no longer matched their recorded SHA-256" in w for w in third.warnings) == 1
 
 
-def test_passes_keep_the_median_pass_and_clean_up(tmp_path: Path) -> None:
-    backend = get_backend("ort-cpu", threads=1)
-    convs = [ConvPiece("stage", c, 8) for c in (2, 4)]
-    jobs = [TimingJob(p.key, lambda p=p: (p.module, p.inputs), "legacy", label=p.key) for p in convs]
-    jobs.insert(1, TimingJob("broken", lambda: (_ for _ in ()).throw(RuntimeError("no such module"))))
-    results = list(time_jobs(backend, jobs, QUICK, tmp_path, passes=3))
-    assert [r.job.name for r in results] == [j.name for j in jobs]  # every job answers, in order
-    assert results[1].stats is None and "no such module" in results[1].error
-    for r in (results[0], results[2]):
-        passes = r.extra["pass_medians_ms"]
-        assert r.stats is not None and len(passes) == 3
-        assert r.stats.median_ms == pytest.approx(sorted(passes)[1], abs=1e-6)
-    assert not list(tmp_path.glob("*.onnx"))  # exported once per chunk, deleted once timed
-    assert (
-        median_pass([LatencyStats.from_dict({**_ZERO, "median_ms": m}) for m in (3.0, 1.0, 9.0, 2.0)]).median_ms == 2.0
-    )
-    with pytest.raises(ProfilingError, match="passes"):
-        next(time_jobs(backend, jobs, QUICK, tmp_path, passes=0))
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, tiny) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ProfilingError, match=r"ONNX cache .*a-file/onnx: not a writable folder") as e:
+        OnnxCache(blocker / "onnx")  # a folder cannot be made under a file (root or not)
+    assert "\n" not in str(e.value) and "--no-onnx-cache" in str(e.value)
+    with OnnxCache(tmp_path / "cache") as cache, pytest.raises(ProfilingError, match="--passes must be >= 1"):
+        _profile(tiny, tmp_path / "x.db", cache, passes=0)
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_passes_keep_the_median_pass(tmp_path: Path) -> None:
+    backend = BackendSpec(threads=1).build()
+    convs = [torch.nn.Conv2d(c, c, 3, padding=1).eval() for c in (2, 4)]
+
+    def job(i: int, conv: torch.nn.Module) -> TimingJob:
+        x = torch.rand(1, conv.in_channels, 8, 8)
+        return TimingJob(f"conv{i}", lambda: [GraphSpec("conv", conv, ["x"], (x,), ["y"])], f"conv{i}", f"conv {i}")
+
+    jobs = [job(0, convs[0]), TimingJob("broken", lambda: (_ for _ in ()).throw(RuntimeError("no such module")),
+                                        "broken"), job(1, convs[1])]
+    with OnnxCache(tmp_path / "cache") as cache:
+        results = list(time_jobs(backend, jobs, QUICK, cache, passes=3))
+        assert [r.job.name for r in results] == [j.name for j in jobs]  # every job answers, in order
+        assert results[1].stats is None and "no such module" in results[1].error
+        for r in (results[0], results[2]):
+            passes = r.extra["pass_medians_ms"]
+            assert r.stats is not None and len(passes) == 3
+            assert r.stats.median_ms == pytest.approx(sorted(passes)[1], abs=1e-6)
+            assert r.split.export_s > 0 and r.split.timed_s >= 0 and r.split.build_s > 0
+        assert cache.misses == 2  # exported once, timed three times
+        with pytest.raises(ProfilingError, match="passes"):
+            next(time_jobs(backend, jobs, QUICK, cache, passes=0))
+    assert median_pass([LatencyStats.from_dict({**_ZERO, "median_ms": m}) for m in (3.0, 1.0, 9.0, 2.0)]).median_ms \
+        == 2.0
 
 
 _ZERO = dict.fromkeys(("p10_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms"), 0.0) | {"n": 1}
 
 
-def test_profile_in_passes_records_each_pass(tmp_path: Path, space) -> None:
-    report = profile_lut(
-        space=space, out=tmp_path / "lut.db", module_pieces=pieces_of, network_body=body_of,
-        archs=sample_models(space, 1, seed=0), timing=QUICK, passes=2, backend_opts={"threads": 1},
-        all_structures=False,
-    )  # fmt: skip
-    assert not report.failures and report.models_timed == 1 and report.modules_timed == 2
-    with open_table(tmp_path / "lut.db") as table:
-        rows = [*table.module_rows(), *table.model_rows()]
-    assert len(rows) == 3 and all(len(r.extra["pass_medians_ms"]) == 2 for r in rows)
-    assert all(r.stats.median_ms == min(r.extra["pass_medians_ms"]) for r in rows)  # even count: the lower one
+# ------------------------------------------------------------------------------------------ noise and drift
+def test_repeat_check_and_anchors_are_written_and_resume_retimes_anchors(tmp_path: Path, tiny) -> None:
+    out = tmp_path / "lut.db"
+    with OnnxCache(tmp_path / "cache") as cache:
+        report = _profile(tiny, out, cache, archs=sample_models(tiny, 12, seed=2), anchors=3)
+        assert report.repeat_n == 10 and report.repeat_median is not None  # at least 10, about 10%
+        assert any(m.startswith("repeat check: 10 entries timed again") for m in report.messages)
+        shares = report.split.shares(report.elapsed_s)
+        assert set(shares) == {"export", "build", "warm-up", "timed runs", "other"} and sum(shares.values()) == \
+            pytest.approx(1.0)
+        with open_table(out) as table:
+            anchors = table.anchors()
+            [run] = table.runs()
+            assert run.kind == "profile" and run.repeat_n == 10 and run.repeat_median == report.repeat_median
+            assert set(table.anchor_reference()) == set(anchors) and len(anchors) == 3
+        n_before = _count(out, "anchor_timings")
+        assert n_before == 2 * 3  # start and end of the run
+        resumed = _profile(tiny, out, cache, archs=sample_models(tiny, 13, seed=2), anchors=3, resume=True)
+        assert resumed.drift is not None and resumed.drift.n == 3
+        assert any(m.startswith("drift: 3 anchor models time") for m in resumed.messages)
+    assert _count(out, "anchor_timings") == n_before + 2 * 3  # the resume timed them at its start and end too
+    with open_table(out) as table:
+        assert [r.kind for r in table.runs()] == ["profile", "resume"]
+
+
+def _count(db: Path, table: str) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+class SlowRunner(Runner):
+    """Runs the real session, then really waits `extra` x the time the run took (spinning, not sleeping: a
+    sleeping CPU comes back to cold caches and the next run takes longer still, so the slowdown would not
+    be the 20% asked for)."""
+
+    def __init__(self, inner: Runner, extra: float) -> None:
+        self.inner, self.extra = inner, extra
+        self.inputs = inner.inputs
+
+    def run(self, feeds: Any = None) -> list[Any]:
+        return self.inner.run(feeds)
+
+    def time(self, config: TimingConfig | None = None) -> LatencyStats:
+        step: Callable[[], object] = self.inner._step  # type: ignore[attr-defined]
+
+        def slow() -> None:
+            start = time.perf_counter()
+            step()
+            deadline = time.perf_counter() + self.extra * (time.perf_counter() - start)
+            while time.perf_counter() < deadline:
+                pass
+
+        return time_runs(slow, config)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class SlowBackend(OrtCpuBackend):
+    """ort-cpu whose every run takes 20% longer (a machine in another state): same fingerprint."""
+
+    def load(self, onnx_path: str | Path) -> Runner:
+        return SlowRunner(super().load(onnx_path), 0.2)
+
+
+def test_uniformly_slower_anchors_give_a_drift_of_1_2_and_corrected_predictions(tmp_path: Path, space) -> None:
+    """Demo-space anchors (5-20 ms, so the sleeps' own overshoot is small) timed by a backend that really
+    sleeps 20% of each run: the run's drift is 1.2, recorded in the table, above the warning threshold, and
+    a predictor's predictions for that run are 1.2x its raw ones."""
+    from smnas_trt.predictors import FitConfig, LatencyPredictor, load_training_data
+
+    out = tmp_path / "lut.db"
+    timing = TimingConfig(warmup_runs=5, warmup_s=0.05, min_runs=20, max_runs=400, budget_s=0.25)
+    with OnnxCache(tmp_path / "cache") as cache:
+        profile_lut(space=space, out=out, spec=BackendSpec(threads=1), models=10, seed=1, timing=timing, cache=cache,
+                    num_classes=11, anchors=4, repeat_check=False)
+        drift, line = measure_drift(SlowBackend(threads=1), out, timing, cache, "test")
+    assert drift is not None and 1.15 < drift.ratio < 1.27, line
+    assert drift.warn and "drift 2" in drift.warning() and "above 5%" in drift.warning()
+    assert line == drift.line() and line.startswith("drift: 4 anchor models time 1.")
+    with open_table(out) as table:
+        assert table.runs()[-1].kind == "test" and table.runs()[-1].drift == pytest.approx(drift.ratio)
+    predictor, _ = LatencyPredictor.fit(load_training_data(out), FitConfig(folds=2, rounds=20, scale_rounds=10,
+                                                                           threads=1, use_lut=False, num_classes=11))
+    archs = [str(a) for a in sample_models(space, 5, seed=9)]
+    raw, raw_unc = predictor.predict(archs)
+    corrected, unc = predictor.predict(archs, drift)
+    assert corrected == pytest.approx(raw * drift.ratio, rel=1e-9)
+    assert (unc >= raw_unc * drift.ratio * (1 - 1e-9)).all()  # wider by the anchors' spread, never narrower
+
+
+def test_a_table_without_anchors_is_usable_and_says_how_to_add_them(tmp_path: Path, tiny) -> None:
+    out = tmp_path / "old.db"
+    with OnnxCache(tmp_path / "cache") as cache:
+        _profile(tiny, out, cache, anchors=0, repeat_check=False)
+        # As a table made before anchors existed: no anchor list in its meta.
+        backend = BackendSpec(threads=1).build()
+        drift, line = measure_drift(backend, out, QUICK, cache, "search")
+        assert drift is None and line == (f"drift cannot be measured: {out} has no anchor models; add them with "
+                                          f"smnas profile-lut --resume --anchors --out {out}")
+        resumed = _profile(tiny, out, cache, resume=True, repeat_check=False)
+        assert any("no anchor models" in w and "--resume --anchors" in w for w in resumed.warnings)
+        added = _profile(tiny, out, cache, resume=True, repeat_check=False, add_anchors=True)
+        assert not added.warnings
+        with open_table(out) as table:
+            assert len(table.anchors()) == 8 and table.anchor_reference()
+
+
+def test_lut_show_prints_the_noise_floor_and_warns_above_3_percent(tmp_path: Path, tiny) -> None:
+    from typer.testing import CliRunner
+
+    from smnas_trt.cli import app
+
+    out = tmp_path / "lut.db"
+    with OnnxCache(tmp_path / "cache") as cache:
+        _profile(tiny, out, cache, archs=sample_models(tiny, 10, seed=0), anchors=2)
+    result = CliRunner().invoke(app, ["lut", "show", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "repeat check: 10 entries timed again in fresh sessions differ by a median" in result.output
+    assert "anchors: 2 models" in result.output
+    noisy = tmp_path / "noisy.db"
+    shutil.copy(out, noisy)
+    conn = sqlite3.connect(noisy)
+    with conn:
+        conn.execute("UPDATE timing_runs SET repeat_median = 0.10, repeat_p90 = 0.2")
+    conn.close()
+    result = CliRunner().invoke(app, ["lut", "show", str(noisy)])
+    assert "differ by a median 10.0% (p90 20.0%)" in result.output
+    assert "above 3%" in result.output and "--threads 1 and --passes 3" in result.output
+
+
+def test_drift_of_a_backend_that_is_not_slower_is_near_one(tmp_path: Path, tiny) -> None:
+    out = tmp_path / "lut.db"
+    with OnnxCache(tmp_path / "cache") as cache:
+        _profile(tiny, out, cache, anchors=3, repeat_check=False)
+        backend: Backend = BackendSpec(threads=1).build()
+        drift, _ = measure_drift(backend, out, QUICK, cache, "check")
+    assert drift is not None and drift.n == 3 and 0.5 < drift.ratio < 2.0  # same machine, minutes apart
+
+
+def test_an_old_table_gains_the_run_tables_when_written(tmp_path: Path, tiny) -> None:
+    out = tmp_path / "lut.db"
+    with OnnxCache(tmp_path / "cache") as cache:
+        _profile(tiny, out, cache, anchors=0, repeat_check=False)
+    conn = sqlite3.connect(out)
+    with conn:  # what a schema-1 table looks like
+        conn.execute("DROP TABLE timing_runs")
+        conn.execute("DROP TABLE anchor_timings")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    with open_table(out) as table:
+        assert table.runs() == [] and table.anchor_reference() == {} and table.repeat_check() is None
+    with LatencyTable.create(out, BackendSpec(threads=1).build().fingerprint()) as table:
+        assert table.runs() == [] and table.meta("schema_version") == "2"

@@ -92,8 +92,14 @@ def test_config_unknown_field_is_one_clear_line(tmp_path: Path) -> None:
     assert str(e.value) == "cfg.yaml: colour: unknown field"
     with pytest.raises(ConfigError, match=r"gate.oversmpling: unknown field"):
         parse_search_config(_raw(tmp_path, gate={"oversmpling": 3}))
-    with pytest.raises(ConfigError, match=r"training: unknown field 'lrate'; allowed: .*batch_size"):
+    with pytest.raises(ConfigError, match=r"training.lrate: unknown field"):
         parse_search_config(_raw(tmp_path, training={"lrate": 0.1}))
+    with pytest.raises(ConfigError, match=r"training.lr: Input should be greater than 0"):
+        parse_search_config(_raw(tmp_path, training={"lr": -1}))
+    with pytest.raises(ConfigError, match=r"latency.timing.min_runs: Input should be greater than or equal to 1"):
+        parse_search_config({**_raw(tmp_path), "latency": {"budget_ms": 5, "lut": "x", "timing": {"min_runs": 0}}})
+    with pytest.raises(ConfigError, match=r"latency: device 'gpu' is not one of cpu, cuda, cuda:N"):
+        parse_search_config({**_raw(tmp_path), "latency": {"budget_ms": 5, "lut": "x", "device": "gpu"}})
     with pytest.raises(ConfigError, match=r"training: epochs is set by the search"):
         parse_search_config(_raw(tmp_path, training={"epochs": 3}))
     with pytest.raises(ConfigError, match=r"latency.budget_ms: .*greater than 0"):

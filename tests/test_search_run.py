@@ -39,8 +39,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     from smnas_trt.data import generate_demo
     from smnas_trt.profiling.profile import profile_lut
+    from smnas_trt.profiling.spec import BackendSpec
     from smnas_trt.profiling.timing import TimingConfig
-    from smnas_trt.search.latency import arch_body, fit_predictor
+    from smnas_trt.search.latency import fit_predictor
     from smnas_trt.space import load_space
 
     torch.set_num_threads(1)
@@ -49,9 +50,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     space.write_text(BUILTIN_SPACES["tiny"].read_text())
     data = generate_demo(root / "data", n_train=48, n_val=16, size=64, seed=0)
     lut = root / "lut.db"
-    report = profile_lut(space=load_space(str(space)), out=lut, module_pieces=None, network_body=arch_body,
-                         backend_name=BACKEND, backend_opts={"threads": 1}, models=30, seed=3,
-                         timing=TimingConfig(**QUICK_TIMING))  # type: ignore[arg-type]
+    report = profile_lut(space=load_space(str(space)), out=lut, spec=BackendSpec(backend=BACKEND, threads=1),
+                         models=30, seed=3, timing=TimingConfig(**QUICK_TIMING), anchors=4)
     assert report.models_timed >= 30 and not report.failures
     raw = {
         "name": "tiny", "space": str(space), "data": str(data), "seed": 0,
@@ -129,6 +129,14 @@ def test_tiny_search_completes_with_a_non_dominated_front(env: dict[str, Any], f
     timed = {r.arch for r in read_model_records(finished_run / "lut.db", scope="network")}
     assert {c.arch for c in cands if c.measured_ms is not None} <= timed
     assert (finished_run / str(gens[-1].predictor_path)).is_dir() and gens[-1].predictor_path != "predictors/initial"
+    # Each generation measured its drift on the table's anchors first: in the run store and the run's table.
+    drifts = store.drifts()
+    assert [(d["generation"], d["phase"]) for d in drifts] == [(0, "generation"), (1, "generation")]
+    assert all(d["ratio"] > 0 and d["anchors"] == 4 for d in drifts)
+    from smnas_trt.profiling.lut import open_table
+
+    with open_table(finished_run / "lut.db") as table:
+        assert [r.kind for r in table.runs() if r.drift is not None] == ["search", "search"]
     store.close()
 
 
@@ -150,16 +158,18 @@ def test_report_of_a_run(finished_run: Path, tmp_path: Path) -> None:
 def test_same_seed_same_candidates(env: dict[str, Any], finished_run: Path) -> None:
     # Same seed: the same proposals, gate decisions, ranking and chosen candidates. (The confirmation timing
     # is switched off here: with it, a candidate measured within noise of the budget may go either way.)
+    # Drift correction off: with it, each run's own anchor timings move the predictions and the budget decisions.
     chosen, screened = [], []
     for name in ("run-seed-1", "run-seed-2"):
-        run_search(_config(env, **{"gate.confirm": False}), env["root"] / name, show_progress=False, stop_after=1)
+        run_search(_config(env, **{"gate.confirm": False, "latency.drift": False}), env["root"] / name,
+                   show_progress=False, stop_after=1)
         store = RunStore(env["root"] / name / "run.db", readonly=True)
+        assert store.drifts() == []
         chosen.append([(c.arch, c.predicted_ms) for c in store.candidates(generation=0)])
         screened.append([(s.arch, s.decision, s.rank) for s in store.screened(0)])
         store.close()
     assert len(chosen[0]) == 3 and chosen[0] == chosen[1] and screened[0] == screened[1]
     a = RunStore(finished_run / "run.db", readonly=True)
-    assert [(s.arch, s.decision, s.rank) for s in a.screened(0)] == screened[0]
     # ...and given the same recorded results, planning the modular generation again gives the same children.
     replay = env["root"] / "run-replay"
     shutil.copytree(finished_run, replay)

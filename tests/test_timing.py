@@ -6,9 +6,11 @@ import statistics
 import time
 
 import pytest
+from pydantic import ValidationError
 
 from smnas_trt.errors import ProfilingError
 from smnas_trt.profiling.timing import HostClock, LatencyStats, TimingConfig, summarize, time_runs
+from smnas_trt.space.config import pydantic_error_line
 
 
 def test_summarize_known_values() -> None:
@@ -68,12 +70,14 @@ def test_host_clock_measures_the_call() -> None:
     assert HostClock().measure(lambda: time.sleep(0.01)) >= 10.0
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"min_runs": 0}, {"min_runs": 5, "max_runs": 4}, {"warmup_runs": -1}, {"budget_s": -1.0}]
-)
-def test_bad_config(kwargs: dict) -> None:
-    with pytest.raises(ProfilingError):
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"min_runs": 0}, "min_runs"), ({"min_runs": 5, "max_runs": 4}, "max_runs"), ({"warmup_runs": -1}, "warmup_runs"),
+    ({"budget_s": -1.0}, "budget_s"), ({"budget": 1.0}, "budget"),
+])
+def test_bad_config_names_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as e:
         TimingConfig(**kwargs)
+    assert field in pydantic_error_line(e.value)
 
 
 @pytest.mark.gpu

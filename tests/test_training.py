@@ -60,13 +60,18 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     assert [lr_factor(i, 100, step) for i in (0, 49, 50, 80)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
 
 
-def test_bad_config_is_refused() -> None:
-    from smnas_trt.errors import ConfigError
+def test_bad_config_names_the_field() -> None:
+    from pydantic import ValidationError
 
-    with pytest.raises(ConfigError, match="optimizer"):
-        TrainConfig(optimizer="lamb")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="epochs"):
-        TrainConfig(epochs=0)
+    from smnas_trt.space.config import pydantic_error_line
+
+    for kwargs, line in (({"optimizer": "lamb"}, "optimizer: Input should be 'adamw' or 'sgd', got 'lamb'"),
+                         ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
+                         ({"lr": 0}, "lr: Input should be greater than 0"),
+                         ({"input_size": (0, 64)}, "input_size: width and height must be >= 1, got [0, 64]")):
+        with pytest.raises(ValidationError) as e:
+            TrainConfig(**kwargs)  # type: ignore[arg-type]
+        assert pydantic_error_line(e.value) == line
 
 
 def test_overfits_two_images(demo: Path, tmp_path: Path) -> None:

@@ -2,10 +2,10 @@
 session/engine, verify against PyTorch on validation images, time `network` and `end2end` at batch 1,
 and write `OUT/<arch id>/` (graphs, engine/model file, manifest.json) plus the table `OUT/models.md`.
 
-Graphs: the one-stage body is the profiling layer's `network_body`; two-stage models are cut in an
-`rpn` and a `roi` graph around the RPN's NMS (see `split.py`). Every graph goes through the dynamo
-exporter (`profiling.export.export_onnx`), FP16 graphs for fp16. Decoding and NMS always run in
-torch (torchvision's own post-processing), on every backend: one way for every scope.
+Graphs: `models.graphs.detector_graphs`, the very graphs `profile-lut` and the search time (one-stage
+`body`; two-stage `rpn` + `roi`, cut around the RPN's NMS), exported by the same exporter
+(`profiling.export.export_onnx`, FP16 graphs for fp16). Decoding and NMS always run in torch
+(torchvision's own post-processing, `decoder.py`), on every backend: one way for every scope.
 
 Backends: `ort-cpu` and `ort-cuda` run the ONNX files; `tensorrt` builds an engine per graph with
 the profiling backend's builder (engines copied into the model folder); `torch` keeps the trained
@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from smnas_trt.deploy.decoder import feature_sizes
 from smnas_trt.deploy.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
@@ -33,17 +34,16 @@ from smnas_trt.deploy.manifest import (
     write_manifest,
 )
 from smnas_trt.deploy.runtime import WEIGHTS_FILE, Detector, GraphRun
-from smnas_trt.deploy.split import feature_sizes, graph_specs
 from smnas_trt.deploy.verify import Verification, match_detections, tolerance_for
 from smnas_trt.errors import DeployError, SmnasError
 from smnas_trt.fileio import atomic_dir, atomic_path
+from smnas_trt.models.graphs import detector_graphs
+from smnas_trt.profiling.export import DEFAULT_EXPORTER
+from smnas_trt.profiling.spec import BACKEND_NAMES, BackendSpec, parse_backend_spec
 from smnas_trt.profiling.timing import LatencyStats, TimingConfig
 from smnas_trt.space import Arch
 
-BACKENDS = ("ort-cpu", "ort-cuda", "torch", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
-# Backends that can run an fp16 graph; ort-cpu has FP16 kernels for few ops only.
-FP16_BACKENDS = ("tensorrt", "ort-cuda", "torch (device cuda)")
+BACKENDS = BACKEND_NAMES
 DEFAULT_VERIFY_IMAGES = 8
 VERIFY_SCORE_THRESH = 0.01
 
@@ -64,11 +64,8 @@ class DeployTarget:
 @dataclass
 class DeployOptions:
     out: Path
-    backend: str = "ort-cpu"
-    precision: str = "fp32"
+    spec: BackendSpec = field(default_factory=BackendSpec)  # backend, precision, threads, device it ships for
     overwrite: bool = False
-    threads: int | None = None  # CPU intra-op threads for timing (ort-cpu, torch on cpu)
-    device: str | None = None  # torch backend: cpu (default) or cuda
     verify_images: int = DEFAULT_VERIFY_IMAGES
     split: str = "val"
     timing: TimingConfig = field(default_factory=TimingConfig)
@@ -105,32 +102,14 @@ def _silent(stage: str, detail: str, seconds: float | None, size: int | None) ->
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def check_backend(backend: str, precision: str, device: str | None = None) -> None:
-    """Refuse backend/precision pairs that cannot work, before any model is touched."""
-    if backend not in BACKENDS:
-        raise DeployError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise DeployError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if device is not None and backend != "torch":
-        raise DeployError(f"--device applies to the torch backend only (got backend {backend})")
-    if precision == "fp16":
-        if backend == "ort-cpu":
-            raise DeployError(f"backend ort-cpu cannot run fp16 (ONNX Runtime's CPU provider lacks FP16 kernels for "
-                              f"most ops); use --precision fp32, or an fp16 backend: {', '.join(FP16_BACKENDS)}")
-        if backend == "torch" and (device or "cpu") == "cpu":
-            raise DeployError("backend torch on cpu cannot run fp16 fast or reliably; use --precision fp32, "
-                              f"--device cuda, or an fp16 backend: {', '.join(FP16_BACKENDS)}")
-
-
-def _make_backend(options: DeployOptions) -> Any:
-    from smnas_trt.profiling.backends import get_backend
-
-    opts: dict[str, Any] = {"precision": options.precision}
-    if options.backend in ("ort-cpu", "torch"):
-        opts["threads"] = options.threads
-    if options.backend == "torch":
-        opts["device"] = options.device or "cpu"
-    return get_backend(options.backend, **opts)
+def deploy_spec(backend: str = "ort-cpu", precision: str = "fp32", threads: int | None = None,
+                device: str | None = None) -> BackendSpec:
+    """The BackendSpec of `smnas deploy`'s options; an impossible pair (fp16 on ort-cpu, ...) is one line."""
+    try:
+        return parse_backend_spec({"backend": backend, "precision": precision, "threads": threads,
+                                   "device": device}, "deploy")
+    except SmnasError as e:
+        raise DeployError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------- run dirs
@@ -163,6 +142,7 @@ def targets_from_run(run_dir: str | Path, arch_ids: list[str] | None = None,
                 raise DeployError(f"run {str(run)!r} has no Pareto front yet (no candidate trained and timed within "
                                   f"the budget); let the search finish (smnas search --out {run} --resume) "
                                   "or pass --arch ID")
+        drift_of = {d["generation"]: d["ratio"] for d in store.drifts() if d["phase"] == "generation"}
     finally:
         store.close()
     lat = config.latency
@@ -175,9 +155,8 @@ def targets_from_run(run_dir: str | Path, arch_ids: list[str] | None = None,
         targets.append(DeployTarget(
             arch=c.arch, arch_id=c.arch_id, checkpoint=ckpt if ckpt.is_absolute() else run / ckpt,
             data_dir=Path(data_dir) if data_dir else Path(config.data), ap=c.ap, ap50=c.ap50,
-            search={"run": str(run.resolve()), "backend": lat.backend, "scope": lat.scope,
-                    "precision": lat.precision, "batch": lat.batch, "threads": lat.threads,
-                    "budget_ms": lat.budget_ms, "predicted_ms": c.predicted_ms,
+            search={"run": str(run.resolve()), "backend_spec": lat.spec().model_dump(), "scope": lat.scope,
+                    "budget_ms": lat.budget_ms, "predicted_ms": c.predicted_ms, "drift": drift_of.get(c.generation),
                     "uncertainty_ms": c.uncertainty_ms, "measured_ms": c.measured_ms},
         ))
     return targets
@@ -207,7 +186,6 @@ def deploy_models(targets: list[DeployTarget], options: DeployOptions, log: Stag
     that is not available here, and an existing `OUT/<arch id>/` without `options.overwrite`.
     """
     log = log or _silent
-    check_backend(options.backend, options.precision, options.device)
     if not targets:
         raise DeployError("nothing to deploy: no models were chosen")
     if options.verify_images < 1:
@@ -225,14 +203,15 @@ def deploy_models(targets: list[DeployTarget], options: DeployOptions, log: Stag
                               "another --out")
         if t.data_dir is None:
             raise DeployError(f"model {t.arch_id}: no dataset to verify on; pass --data DIR")
-    backend = _make_backend(options)  # raises BackendUnavailableError here, before any export
+    backend = options.spec.build()  # raises BackendUnavailableError here, before any export
     start = time.perf_counter()
+    drifts = _measure_drifts(targets, options, backend, log)
     models: list[DeployedModel] = []
     for i, target in enumerate(targets):
         if on_model is not None:
             on_model(i, target)
         try:
-            manifest = deploy_one(target, options, backend, log)
+            manifest = deploy_one(target, options, backend, log, drifts.get(_run_of(target) or ""))
             models.append(DeployedModel(target.arch_id, target.arch, manifest["status"], out / target.arch_id,
                                         manifest))
         except SmnasError as e:
@@ -243,7 +222,41 @@ def deploy_models(targets: list[DeployTarget], options: DeployOptions, log: Stag
     return DeployResult(out, models, index_json, index_md, time.perf_counter() - start)
 
 
-def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: StageLog) -> dict[str, Any]:
+def _run_of(target: DeployTarget) -> str | None:
+    return (target.search or {}).get("run")
+
+
+def _measure_drifts(targets: list[DeployTarget], options: DeployOptions, backend: Any,
+                    log: StageLog) -> dict[str, dict[str, Any]]:
+    """This deploy's drift against the latency table of each search run the models come from, measured on
+    the table's anchors when the deploy times what the search timed (same backend spec); recorded in the
+    manifests, and the search's predictions are corrected by it."""
+    from smnas_trt.profiling.cache import OnnxCache, default_onnx_cache
+    from smnas_trt.profiling.profile import measure_drift
+    from smnas_trt.search import TABLE_FILE
+
+    out: dict[str, dict[str, Any]] = {}
+    for run in sorted({r for t in targets if (r := _run_of(t))}):
+        search = next(t.search for t in targets if _run_of(t) == run)
+        if not search or search.get("backend_spec") != options.spec.model_dump():
+            continue  # another backend or setting than the search timed: not comparable
+        table = Path(run) / TABLE_FILE
+        if not table.is_file():
+            log("drift", f"drift cannot be measured: the run has no latency table ({table})", None, None)
+            continue
+        t0 = time.perf_counter()
+        with OnnxCache(default_onnx_cache()) as cache:
+            drift, line = measure_drift(backend, table, options.timing, cache, "deploy")
+        log("drift", line, time.perf_counter() - t0, None)
+        if drift is not None:
+            out[run] = {"ratio": drift.ratio, "spread": drift.spread, "anchors": drift.n}
+            if drift.warn:
+                log("warning", drift.warning("the latencies measured here"), None, None)
+    return out
+
+
+def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: StageLog,
+               drift: dict[str, Any] | None = None) -> dict[str, Any]:
     """Deploy one model into `options.out/<arch id>/` (written atomically); returns its manifest."""
     from smnas_trt import __version__
     from smnas_trt.data import CocoDetection
@@ -272,10 +285,11 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
 
     folder = Path(options.out) / target.arch_id
     with atomic_dir(folder) as tmp:
-        specs = graph_specs(model, arch)
+        specs = detector_graphs(model, arch)
         files: list[str] = []
         graphs: list[dict[str, Any]] = []
-        if options.backend == "torch":
+        spec = options.spec
+        if spec.backend == "torch":
             t0 = time.perf_counter()
             with atomic_path(tmp / WEIGHTS_FILE) as path:
                 torch.save(model.state_dict(), path)
@@ -290,9 +304,8 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "arch": target.arch, "arch_id": target.arch_id, "status": "pending",
             "ap": target.ap, "ap50": target.ap50,
-            "backend": options.backend, "backend_version": backend.version(), "precision": options.precision,
-            "device": options.device if options.backend == "torch" else None,
-            "threads": getattr(backend, "threads", None),
+            "backend": spec.backend, "backend_version": backend.version(), "precision": spec.precision,
+            "backend_spec": spec.model_dump(),
             "fingerprint": backend.fingerprint().to_dict(),
             "graphs": graphs, "feature_sizes": [list(s) for s in feature_sizes(model, arch)],
             "classes": {"label_to_cat": list(meta["label_to_cat"]),
@@ -309,10 +322,10 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
             "files": file_entries(tmp, files),
         }
         write_manifest(tmp, manifest)
-        detector = Detector.load(tmp, threads=getattr(backend, "threads", None), allow_failed=True)
+        detector = Detector.load(tmp, allow_failed=True)
         try:
             t0 = time.perf_counter()
-            verification = verify(model, specs, detector, images, options.precision)
+            verification = verify(model, specs, detector, images, spec.precision)
             verdict = "[green]PASS[/]" if verification.passed else "[red]FAIL[/]: " + "; ".join(verification.failures())
             log("verify", f"{verification.summary()} {verdict}", time.perf_counter() - t0, None)
             t0 = time.perf_counter()
@@ -320,7 +333,7 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
             timed = detector.time(pixels, options.timing)
         finally:
             detector.close()
-        latency = _latency_record(timed, target, options)
+        latency = _latency_record(timed, target, options, drift)
         log("latency", _latency_text(latency), time.perf_counter() - t0, None)
         manifest.update(status="ok" if verification.passed else "failed",
                         verification={**verification.to_dict(), "score_thresh": VERIFY_SCORE_THRESH,
@@ -339,15 +352,16 @@ def _export_graphs(specs: list[Any], tmp: Path, options: DeployOptions, backend:
     for spec in specs:
         t0 = time.perf_counter()
         onnx_name = f"{spec.name}.onnx"
-        info = export_onnx(spec.module, spec.example_inputs, tmp / onnx_name, exporter="dynamo",
-                           precision=options.precision, input_names=spec.input_names, output_names=spec.output_names)
+        info = export_onnx(spec.module, spec.example_inputs, tmp / onnx_name, exporter=DEFAULT_EXPORTER,
+                           precision=options.spec.precision, input_names=spec.input_names,
+                           output_names=spec.output_names)
         files.append(onnx_name)
-        log("export", f"{onnx_name} (ONNX opset {info.opset}, {info.exporter}, {options.precision})",
+        log("export", f"{onnx_name} (ONNX opset {info.opset}, {info.exporter}, {options.spec.precision})",
             time.perf_counter() - t0, (tmp / onnx_name).stat().st_size)
         entry: dict[str, Any] = {"name": spec.name, "onnx": onnx_name, "inputs": spec.input_names,
                                  "outputs": spec.output_names, "exporter": info.exporter, "opset": info.opset,
                                  "input_shapes": [list(s) for s in info.input_shapes]}
-        if options.backend == "tensorrt":
+        if options.spec.backend == "tensorrt":
             t0 = time.perf_counter()
             runner = backend.load(tmp / onnx_name)  # builds (or reuses) the engine in the backend's cache
             runner.close()
@@ -355,7 +369,7 @@ def _export_graphs(specs: list[Any], tmp: Path, options: DeployOptions, backend:
             shutil.copyfile(backend.engine_path(tmp / onnx_name), tmp / engine_name)
             files.append(engine_name)
             entry["engine"] = engine_name
-            log("engine", f"{engine_name} (TensorRT {backend.version()}, {options.precision})",
+            log("engine", f"{engine_name} (TensorRT {backend.version()}, {options.spec.precision})",
                 time.perf_counter() - t0, (tmp / engine_name).stat().st_size)
         graphs.append(entry)
     return graphs
@@ -428,7 +442,8 @@ def _stats(s: LatencyStats) -> dict[str, Any]:
     return s.as_dict()
 
 
-def _latency_record(timed: dict[str, Any], target: DeployTarget, options: DeployOptions) -> dict[str, Any]:
+def _latency_record(timed: dict[str, Any], target: DeployTarget, options: DeployOptions,
+                    drift: dict[str, Any] | None = None) -> dict[str, Any]:
     graphs = {name: _stats(s) for name, s in timed["graphs"].items()}
     network: dict[str, Any] = {"median_ms": timed["network_ms"], "graphs": graphs,
                                "what": "the graph(s) on the backend; two-stage: rpn + roi medians"}
@@ -441,12 +456,18 @@ def _latency_record(timed: dict[str, Any], target: DeployTarget, options: Deploy
                                          ("warmup_runs", "warmup_s", "min_runs", "max_runs", "budget_s")}}
     search = target.search
     if search:
-        comparable = (search.get("backend") == options.backend and search.get("precision") == options.precision)
+        # Comparable when the search timed what is deployed here: same backend, precision, batch, threads, device.
+        comparable = search.get("backend_spec") == options.spec.model_dump()
         record["search"] = {**search, "comparable": comparable}
         if comparable and search.get("scope") in ("network", "end2end"):
             scope = record[search["scope"]]
             scope["predicted_ms"] = search.get("predicted_ms")
             scope["search_measured_ms"] = search.get("measured_ms")
+            if drift is not None and search.get("predicted_ms") is not None:
+                # The search predicted its own machine state; this deploy's anchors say where this one stands.
+                scope["predicted_ms_here"] = search["predicted_ms"] / (search.get("drift") or 1.0) * drift["ratio"]
+    if drift is not None:
+        record["drift"] = {**drift, "what": "this deploy's anchor timings / the search run's latency table"}
     return record
 
 
@@ -454,7 +475,8 @@ def _latency_text(latency: dict[str, Any]) -> str:
     text = f"network {latency['network']['median_ms']:.2f} ms · end2end {latency['end2end']['median_ms']:.2f} ms"
     search = latency.get("search") or {}
     if search.get("predicted_ms") is not None:
-        note = "" if search.get("comparable") else f" on {search['backend']} {search['precision']}"
+        theirs = BackendSpec.model_validate(search["backend_spec"]).describe() if search.get("backend_spec") else "?"
+        note = "" if search.get("comparable") else f" on {theirs}"
         text += f" (predicted {search['predicted_ms']:.2f} ms {search['scope']}{note})"
     return text
 

@@ -3,7 +3,7 @@
 Pre-processing is the training data's (plain resize to the arch's input size, [0, 1] floats), then
 the model's own transform (normalise, pad to a multiple of 32). The graph(s) run on the backend the
 model was deployed for (ONNX Runtime session, TensorRT engine, or PyTorch eager); decoding and NMS
-are torchvision's own post-processing (`split.Decoder`). Boxes come back in the original image's
+are torchvision's own post-processing (`decoder.Decoder`). Boxes come back in the original image's
 pixels (x1, y1, x2, y2) with the dataset's category ids as labels.
 """
 
@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from smnas_trt.deploy.decoder import Decoder
 from smnas_trt.deploy.manifest import check_files, read_manifest
-from smnas_trt.deploy.split import Decoder, GraphSpec, graph_specs
 from smnas_trt.errors import DeployError, SmnasError
+from smnas_trt.models.graphs import GraphSpec, detector_graphs
+from smnas_trt.profiling.spec import BackendSpec
 from smnas_trt.profiling.timing import HostClock, LatencyStats, TimingConfig, time_runs
 from smnas_trt.space import Arch, parse
 
@@ -106,8 +108,8 @@ class Detector:
              check_hashes: bool = True) -> Detector:
         """Load `folder` (written by `smnas deploy`): checks the manifest and every file's SHA-256 first.
 
-        `threads`: intra-op threads for CPU backends (default: all cores). A model that failed
-        verification is refused unless `allow_failed`.
+        `threads`: intra-op threads for CPU backends (default: the threads it was deployed and timed with).
+        A model that failed verification is refused unless `allow_failed`.
         """
         from smnas_trt.models import build_detector
 
@@ -122,16 +124,15 @@ class Detector:
         arch = parse(manifest["arch"])
         num_classes = len(manifest["classes"]["label_to_cat"])
         model = build_detector(arch, num_classes).eval()
-        backend_name = manifest["backend"]
-        precision = manifest["precision"]
+        spec = deployed_spec(manifest, threads)
         specs: list[GraphSpec] | None = None
-        if backend_name == "torch":
+        if spec.backend == "torch":
             state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-            specs = graph_specs(model, arch)
-            runners = _torch_runners(specs, manifest, threads)
+            specs = detector_graphs(model, arch)
+            runners = _torch_runners(specs, spec)
         else:
-            runners = _file_runners(folder, manifest, backend_name, precision, threads)
+            runners = _file_runners(folder, manifest, spec)
         return cls(folder, manifest, model, runners, specs)
 
     def close(self) -> None:
@@ -244,7 +245,7 @@ class Detector:
         return {"graphs": graphs, "network_ms": network_ms, "end2end": end2end}
 
     def decoder_input_shape(self) -> tuple[int, ...]:
-        from smnas_trt.models.body import body_input_shape
+        from smnas_trt.models.graphs import body_input_shape
 
         return body_input_shape(self.arch)
 
@@ -266,32 +267,35 @@ def _as_numpy(x: np.ndarray | torch.Tensor, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(array.astype(dtype, copy=False))
 
 
-def _file_runners(folder: Path, manifest: dict[str, Any], backend_name: str, precision: str,
-                  threads: int | None) -> list[Any]:
-    from smnas_trt.profiling.backends import get_backend
+def deployed_spec(manifest: dict[str, Any], threads: int | None = None) -> BackendSpec:
+    """The BackendSpec a model was deployed (and timed) with; `threads` overrides its CPU threads."""
+    values = dict(manifest.get("backend_spec") or {"backend": manifest["backend"], "precision": manifest["precision"]})
+    if threads is not None:
+        values["threads"] = threads
+    return BackendSpec.model_validate(values)
 
+
+def _file_runners(folder: Path, manifest: dict[str, Any], spec: BackendSpec) -> list[Any]:
     runners = []
     try:
-        if backend_name == "tensorrt":
-            return [_trt_runner(folder / g["engine"], precision) for g in manifest["graphs"]]
-        opts: dict[str, Any] = {"precision": precision}
-        if backend_name == "ort-cpu":
-            opts["threads"] = threads
-        backend = get_backend(backend_name, **opts)
+        if spec.backend == "tensorrt":
+            return [_trt_runner(folder / g["engine"], spec) for g in manifest["graphs"]]
+        backend = spec.build()
         for g in manifest["graphs"]:
             runners.append(backend.load(folder / g["onnx"]))
     except SmnasError as e:
         for r in runners:
             r.close()
-        raise DeployError(f"{folder}: cannot load on {backend_name}: {e}") from e
+        raise DeployError(f"{folder}: cannot load on {spec.backend}: {e}") from e
     return runners
 
 
-def _trt_runner(engine_file: Path, precision: str) -> Any:
+def _trt_runner(engine_file: Path, spec: BackendSpec) -> Any:
     """A runner over a serialized engine file (the deployed copy, not the builder's cache)."""
     from smnas_trt.profiling.tensorrt_backend import TensorRTBackend, TensorRTRunner
 
-    backend = TensorRTBackend(precision=precision)  # checks TensorRT, CUDA, registers plugins
+    backend = spec.build()  # checks TensorRT, CUDA, registers plugins
+    assert isinstance(backend, TensorRTBackend)
     import tensorrt as trt
 
     runtime = trt.Runtime(backend.logger)
@@ -304,9 +308,6 @@ def _trt_runner(engine_file: Path, precision: str) -> Any:
     return runner
 
 
-def _torch_runners(specs: list[GraphSpec], manifest: dict[str, Any], threads: int | None) -> list[Any]:
-    from smnas_trt.profiling.backends import get_backend
-
-    device = manifest.get("device") or "cpu"
-    backend = get_backend("torch", device=device, threads=threads, precision=manifest["precision"])
+def _torch_runners(specs: list[GraphSpec], spec: BackendSpec) -> list[Any]:
+    backend = spec.build()
     return [backend.load_module(s.module, s.example_inputs) for s in specs]

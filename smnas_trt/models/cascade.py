@@ -4,10 +4,14 @@ Each stage has its own 2-FC box head and class-agnostic box predictor, its own I
 (0.5/0.6/0.7) and box-coder weights. In training each stage samples its RoIs (RoIHeads'
 `select_training_samples`, with the stage's matcher and coder) from the previous stage's refined,
 detached boxes; in evaluation class probabilities are averaged over stages and boxes come from the
-last stage (as mmdetection does).
+last stage (as mmdetection does). The evaluation cascade is `predict_boxes`, written once: the
+detector's own forward and the deployed RoI graph (`models/graphs.py`) both run it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +23,22 @@ from torchvision.ops import boxes as box_ops
 CASCADE_IOUS = (0.5, 0.6, 0.7)
 CASCADE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
 CASCADE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
+
+
+def decode_boxes(coder: Any, deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """torchvision's `BoxCoder.decode_single`, with Python floats where it builds `torch.tensor(0.5)`:
+    that is a host-to-device copy on CUDA, which CUDA graph capture refuses. Bit-identical (tested)."""
+    boxes = boxes.to(deltas.dtype)
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    ctr_x, ctr_y = boxes[:, 0] + 0.5 * widths, boxes[:, 1] + 0.5 * heights
+    wx, wy, ww, wh = coder.weights
+    dw = torch.clamp(deltas[:, 2::4] / ww, max=coder.bbox_xform_clip)
+    dh = torch.clamp(deltas[:, 3::4] / wh, max=coder.bbox_xform_clip)
+    pred_ctr_x = deltas[:, 0::4] / wx * widths[:, None] + ctr_x[:, None]
+    pred_ctr_y = deltas[:, 1::4] / wy * heights[:, None] + ctr_y[:, None]
+    half_w, half_h = 0.5 * (torch.exp(dw) * widths[:, None]), 0.5 * (torch.exp(dh) * heights[:, None])
+    corners = (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h)
+    return torch.stack(corners, dim=2).flatten(1)
 
 
 class AgnosticBoxPredictor(nn.Module):
@@ -62,19 +82,30 @@ class CascadeRoIHeads(RoIHeads):
     def num_stages(self) -> int:
         return len(self.box_heads)
 
-    def stage_forward(self, stage: int, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
-                      image_shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class logits [N, K+1] and agnostic deltas [N, 4] of one stage for the given RoIs."""
-        x = self.box_roi_pool(features, proposals, image_shapes)
-        x = self.box_heads[stage](x)
-        return self.box_predictors[stage](x)
+    def stage_forward(self, stage: int, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits [N, K+1] and agnostic deltas [N, 4] of one stage for pooled RoI features."""
+        return self.box_predictors[stage](self.box_heads[stage](pooled))
 
     def refine(self, stage: int, deltas: torch.Tensor, proposals: list[torch.Tensor],
                image_shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
         """Next stage's proposals: this stage's boxes, clipped and detached."""
-        boxes = self.stage_coders[stage].decode_single(deltas.detach(), torch.cat(proposals).detach())
+        boxes = decode_boxes(self.stage_coders[stage], deltas.detach(), torch.cat(proposals).detach())
         per_image = boxes.split([len(p) for p in proposals])
         return [box_ops.clip_boxes_to_image(b, shape) for b, shape in zip(per_image, image_shapes, strict=True)]
+
+    def predict_boxes(self, pool: Callable[[list[torch.Tensor]], torch.Tensor], proposals: list[torch.Tensor],
+                      image_shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The evaluation cascade: each stage pools (`pool(proposals per image)`) and scores the previous
+        stage's refined boxes. Returns the log of the stage-averaged class probabilities [N, K+1], the last
+        stage's agnostic deltas [N, 4] and the proposals (per image) that stage scored."""
+        probs: list[torch.Tensor] = []
+        deltas = torch.empty(0)
+        for stage in range(self.num_stages):
+            if stage > 0:
+                proposals = self.refine(stage - 1, deltas, proposals, image_shapes)
+            logits, deltas = self.stage_forward(stage, pool(proposals))
+            probs.append(F.softmax(logits, -1))
+        return torch.stack(probs).mean(0).clamp_min(1e-12).log(), deltas, proposals
 
     def _sample(self, stage: int, proposals: list[torch.Tensor],
                 targets: list[dict[str, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor],
@@ -95,34 +126,30 @@ class CascadeRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, torch.Tensor]] | None = None,
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        def pool(props: list[torch.Tensor]) -> torch.Tensor:
+            return self.box_roi_pool(features, props, image_shapes)
+
+        if not self.training:
+            # postprocess_detections applies softmax: the log of the averaged probabilities gives them back.
+            mean_logp, deltas, scored = self.predict_boxes(pool, proposals, image_shapes)
+            num_classes = mean_logp.shape[-1]
+            boxes, scores, labels_out = self.postprocess_detections(mean_logp, deltas.repeat(1, num_classes),
+                                                                    scored, image_shapes)
+            return [{"boxes": b, "labels": lab, "scores": s}
+                    for b, s, lab in zip(boxes, scores, labels_out, strict=True)], {}
+        if targets is None:
+            raise ValueError("targets are required in training mode")
         losses: dict[str, torch.Tensor] = {}
-        stage_probs: list[torch.Tensor] = []
-        class_logits = deltas = torch.empty(0)
+        deltas = torch.empty(0)
         for stage in range(self.num_stages):
             if stage > 0:
                 proposals = self.refine(stage - 1, deltas, proposals, image_shapes)
-            if self.training:
-                if targets is None:
-                    raise ValueError("targets are required in training mode")
-                proposals, labels, regression_targets = self._sample(stage, proposals, targets)
-            class_logits, deltas = self.stage_forward(stage, features, proposals, image_shapes)
-            if self.training:
-                # fastrcnn_loss reads class-specific deltas: give every class the agnostic one.
-                num_classes = class_logits.shape[-1]
-                loss_cls, loss_box = fastrcnn_loss(class_logits, deltas.repeat(1, num_classes), labels,
-                                                   regression_targets)
-                weight = self.stage_loss_weights[stage]
-                losses[f"loss_classifier_s{stage + 1}"] = weight * loss_cls
-                losses[f"loss_box_reg_s{stage + 1}"] = weight * loss_box
-            else:
-                stage_probs.append(F.softmax(class_logits, -1))
-        result: list[dict[str, torch.Tensor]] = []
-        if not self.training:
-            # postprocess_detections applies softmax: log of the averaged probabilities gives them back.
-            mean_logp = torch.stack(stage_probs).mean(0).clamp_min(1e-12).log()
+            proposals, labels, regression_targets = self._sample(stage, proposals, targets)
+            class_logits, deltas = self.stage_forward(stage, pool(proposals))
+            # fastrcnn_loss reads class-specific deltas: give every class the agnostic one.
             num_classes = class_logits.shape[-1]
-            boxes, scores, labels_out = self.postprocess_detections(mean_logp, deltas.repeat(1, num_classes),
-                                                                    proposals, image_shapes)
-            result = [{"boxes": b, "labels": lab, "scores": s}
-                      for b, s, lab in zip(boxes, scores, labels_out, strict=True)]
-        return result, losses
+            loss_cls, loss_box = fastrcnn_loss(class_logits, deltas.repeat(1, num_classes), labels, regression_targets)
+            weight = self.stage_loss_weights[stage]
+            losses[f"loss_classifier_s{stage + 1}"] = weight * loss_cls
+            losses[f"loss_box_reg_s{stage + 1}"] = weight * loss_box
+        return [], losses

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from smnas_trt.models.body import DEFAULT_NUM_CLASSES, ModulePiece, module_pieces
+from smnas_trt.models.pieces import DEFAULT_NUM_CLASSES, ModulePiece, module_pieces
 from smnas_trt.space.arch import Arch
 
 BYTES_PER_ELEMENT = 4  # fp32
@@ -135,7 +135,7 @@ def count_piece(piece: ModulePiece) -> PieceCounts:
 def count_flops(arch: Arch, batch: int = 1, num_classes: int = DEFAULT_NUM_CLASSES) -> ArchCounts:
     """Per-module (stem, stage1..4, neck, head | rpn + roi) and total counts at the arch's input size.
 
-    The body's fixed proposal count applies to the RoI stage (see `network_body`).
+    The RoI graph runs on its fixed proposal count (see `models.graphs`).
     """
     pieces = module_pieces(arch, batch, num_classes, device="meta", from_scratch=False)
     modules = []

@@ -21,7 +21,7 @@ from smnas_trt.errors import ArchError, ConfigError
 from smnas_trt.models.backbones import DetectorFeatures, level_name
 from smnas_trt.models.cascade import AgnosticBoxPredictor, CascadeRoIHeads
 from smnas_trt.models.layers import NormFactory, conv_tower, convert_to_ws, norm_factory
-from smnas_trt.space.arch import Arch, check_arch, parse
+from smnas_trt.space.arch import Arch, InputSize, check_arch, parse
 
 IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
@@ -51,7 +51,12 @@ class DetectorSettings:
 
 
 def detector_settings(arch: Arch) -> DetectorSettings:
-    short = min(arch.size.width, arch.size.height)
+    return size_settings(arch.size)
+
+
+def size_settings(size: InputSize) -> DetectorSettings:
+    """The settings depend on the input size alone."""
+    short = min(size.width, size.height)
     small = short < SMALL_INPUT
     return DetectorSettings(
         small=small,

@@ -1,6 +1,6 @@
 """Analytic cost counts of a detector's timed body, from its genes alone.
 
-Mirrors `smnas_trt.models` (builder and `network_body`); a test checks FLOPs and parameters against
+Mirrors `smnas_trt.models` (builder and `detector_graphs`); a test checks FLOPs and parameters against
 `smnas_trt.models.counts.count_flops` (torch's FlopCounterMode on the real modules). FLOPs follow
 FlopCounterMode: 2 x multiply-accumulates of every conv and linear layer; norms, activations,
 pooling and RoIAlign are not counted. Alongside: parameters, output elements of conv/linear layers
@@ -19,31 +19,31 @@ computed at their actual base.
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 from functools import cache
 
 from torchvision.models._utils import _make_divisible
 
+from smnas_trt.models.backbones import MBV2_BOUNDS
+from smnas_trt.models.detector import ROI_OUTPUT_SIZE
+from smnas_trt.models.piece_keys import (
+    backbone_channels,
+    head_anchors,
+    level_shapes,
+    mbv2_channels,
+    mbv2_layers,
+    proposals_for,
+)
 from smnas_trt.space.arch import Arch, Backbone, InputSize, is_bottleneck
+
+__all__ = ["backbone_channels", "head_anchors", "level_shapes", "mbv2_channels", "proposals_for"]  # re-exported
 
 # What every count tuple holds, in order.
 COUNT_FIELDS = ("flops", "params", "act_elems", "norm_elems", "layers")
 N_COUNTS = len(COUNT_FIELDS)
 ZERO: tuple[float, ...] = (0.0,) * N_COUNTS
 
-# Mirrors of the builder's constants (smnas_trt.models.backbones / detector / body).
-SIZE_DIVISIBLE = 32
-MBV2_BOUNDS = (0, 2, 4, 7, 14, 18)
-# torchvision MobileNetV2 inverted residual settings: expansion t, channels c, repeats n, stride s.
-MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                 (6, 320, 1, 1))
-ROI_OUTPUT_SIZE = 7
-SMALL_INPUT = 400
-RETINA_FPN_ANCHORS = 9  # 3 octave scales x 3 aspect ratios per location
-RPN_FPN_ANCHORS = 3  # one size x 3 aspect ratios per location
-ASPECT_RATIOS = 3
 
 
 class Counter:
@@ -84,17 +84,6 @@ class Counter:
 def add(*parts: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(map(sum, zip(*parts, strict=True))) if parts else ZERO
 
-
-@cache
-def level_shapes(width: int, height: int) -> tuple[tuple[int, int], ...]:
-    """(h, w) at levels 0..7 of the padded body input: floor halvings to P5, then rounding up (P6, P7)."""
-    h = math.ceil(height / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
-    w = math.ceil(width / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
-    shapes = [(h, w)]
-    for level in range(1, 8):
-        h, w = (h // 2, w // 2) if level <= 5 else ((h + 1) // 2, (w + 1) // 2)
-        shapes.append((h, w))
-    return tuple(shapes)
 
 
 def level_pixels(size: InputSize, level: int) -> int:
@@ -185,18 +174,6 @@ def resnet_stage_counts(b: Backbone, stage: int, doublings_before: int, size: In
     return stage_counts_from_coefficients(coef, scale, hw_in, level_pixels(size, stage + 2))
 
 
-@cache
-def _mbv2_layers(width_mult: float) -> tuple[tuple[int, int, int, int], ...]:
-    """Inverted residual layers of torchvision's MobileNetV2 features[1:18]: (cin, hidden, cout, stride)."""
-    cin = _make_divisible(32 * width_mult, 8)
-    layers = []
-    for t, ch, n, s in MBV2_SETTINGS:
-        cout = _make_divisible(ch * width_mult, 8)
-        for i in range(n):
-            layers.append((cin, round(cin * t), cout, s if i == 0 else 1))
-            cin = cout
-    return tuple(layers)
-
 
 @cache
 def mbv2_part(width_mult: float, part: int, width: int, height: int) -> tuple[float, ...]:
@@ -207,7 +184,7 @@ def mbv2_part(width_mult: float, part: int, width: int, height: int) -> tuple[fl
     if lo == 0:
         c.conv(3, _make_divisible(32 * width_mult, 8), 3, level_pixels(size, 1), norm=True)
     level = 1  # resolution level of the input to features[1]; followed through every earlier layer
-    for index, (cin, hidden, cout, stride) in enumerate(_mbv2_layers(width_mult), start=1):
+    for index, (cin, hidden, cout, stride) in enumerate(mbv2_layers(width_mult), start=1):
         if index >= hi:
             break
         level_in = level
@@ -221,18 +198,6 @@ def mbv2_part(width_mult: float, part: int, width: int, height: int) -> tuple[fl
     return c.totals()
 
 
-@cache
-def mbv2_channels(width_mult: float) -> tuple[int, ...]:
-    """Output channels of the MobileNetV2 stem and of its four stages."""
-    layers = _mbv2_layers(width_mult)
-    return tuple(layers[MBV2_BOUNDS[i + 1] - 2][2] for i in range(5))
-
-
-def backbone_channels(backbone: Backbone) -> tuple[int, ...]:
-    """C2..C5 output channels."""
-    if backbone.kind == "mobilenetv2":
-        return mbv2_channels(backbone.width_mult)[1:]
-    return tuple(backbone.stage_channels())
 
 
 def built_stages(arch: Arch) -> int:
@@ -256,22 +221,7 @@ def backbone_stage_counts(arch: Arch) -> list[tuple[float, ...]]:
 
 
 # ----------------------------------------------------------------------------------- neck and heads
-def single_map_anchor_sizes(short: int) -> int:
-    """Anchor sizes on a single C4/C5 map: powers of two from ~short/25 up to 3/4 of the short side."""
-    lo = 2 ** math.ceil(math.log2(short / 25))
-    return max(1, sum(1 for i in range(8) if lo * 2**i <= 0.75 * short))
 
-
-def proposals_for(size: InputSize) -> int:
-    return 100 if min(size.width, size.height) < SMALL_INPUT else 300
-
-
-def head_anchors(size: InputSize, fpn: bool, head_kind: str) -> int:
-    if head_kind == "fcos":
-        return 1
-    if not fpn:
-        return single_map_anchor_sizes(min(size.width, size.height)) * ASPECT_RATIOS
-    return RETINA_FPN_ANCHORS if head_kind == "retina" else RPN_FPN_ANCHORS
 
 
 @cache

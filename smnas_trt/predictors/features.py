@@ -34,14 +34,15 @@ from typing import Any
 import numpy as np
 
 from smnas_trt.errors import ArchError, PredictorError
-from smnas_trt.predictors import analytic, lut_keys
+from smnas_trt.models import piece_keys
+from smnas_trt.predictors import analytic
 from smnas_trt.predictors.analytic import N_COUNTS
 from smnas_trt.space.arch import Arch, Backbone, parse
 
 SCHEMA_VERSION = 1
 FAMILIES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50", "resnext101", "mobilenetv2")
 HEADS = ("retina", "fcos", "2fc", "cascade2", "cascade3")
-LUT_KINDS = lut_keys.PIECE_KINDS
+LUT_KINDS = piece_keys.PIECE_KINDS
 ACT_BYTES = 4  # fp32 activations
 DEFAULT_NUM_CLASSES = 81  # what `smnas profile-lut` builds the timed detectors with (COCO)
 PARSE_CACHE_LIMIT = 1_000_000
@@ -185,7 +186,7 @@ class Featurizer:
         row = [float(size.width), float(size.height), float(size.width * size.height),
                *(1.0 if fam == f else 0.0 for f in FAMILIES),
                float(b.depth), float(b.base), float(b.width_mult), float(b.groups), stem[0]]
-        return row + _counts(stem) + self._lut([("stem", lut_keys.stem_key(size, b))])
+        return row + _counts(stem) + self._lut([("stem", piece_keys.stem_key(size, b))])
 
     def _neck_row(self, a: Arch) -> tuple[list[float], int]:
         n, size = a.neck, a.size
@@ -195,7 +196,7 @@ class Featurizer:
         counts = analytic.neck_counts(size, channels, n.min_level, n.max_level, n.channels) if fpn else analytic.ZERO
         row = [float(fpn), float(n.min_level), float(n.max_level), float(len(n.levels)), float(n.channels),
                *(float(c) if i < built else 0.0 for i, c in enumerate(channels)), counts[0], counts[2] * ACT_BYTES]
-        row += _counts(counts) + self._lut([("neck", lut_keys.neck_key(size, channels, n))])
+        row += _counts(counts) + self._lut([("neck", piece_keys.neck_key(size, channels, n))])
         return row, analytic.head_in_channels(a)
 
     def _head_row(self, a: Arch, in_channels: int) -> list[float]:
@@ -211,7 +212,7 @@ class Featurizer:
                float(h.stages if h.kind == "cascade" else 0), float(in_channels), float(c.anchors),
                float(c.proposals), float(c.locations), c.dense_head[0], c.dense_head[2] * ACT_BYTES,
                c.rpn[0], c.rpn[2] * ACT_BYTES, c.roi[0], c.roi[1], roi_pooled]
-        lut = self._lut(lut_keys.head_keys(a.size, analytic.backbone_channels(a.backbone), n, h, k)) \
+        lut = self._lut(piece_keys.head_keys(a.size, analytic.backbone_channels(a.backbone), n, h, k)) \
             if self._n_lut else []
         return row + _counts(analytic.add(c.dense_head, c.rpn, c.roi)) + lut
 
@@ -226,7 +227,7 @@ class Featurizer:
             counts = analytic.resnet_stage_counts(b, s, before, size)
             blocks, doublings = float(len(b.stages[s])), float(b.stages[s].count("2"))
         row = [blocks, doublings, counts[0], counts[2] * ACT_BYTES, *_counts(counts)]
-        key = lut_keys.stage_key(size, b, s, before) if self._table_has_stages else NOT_IN_TABLE
+        key = piece_keys.stage_key(size, b, s, before) if self._table_has_stages else NOT_IN_TABLE
         return row + self._lut([("stage", key)])
 
     # -------------------------------------------------------------------------------------- batches

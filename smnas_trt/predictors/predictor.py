@@ -29,17 +29,20 @@ import math
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from smnas_trt.errors import ForeignDeviceError, PredictorError
 from smnas_trt.fileio import atomic_dir, atomic_write_bytes, atomic_write_json
 from smnas_trt.predictors.features import SCHEMA_VERSION, FeatureConfig, Featurizer
 from smnas_trt.predictors.metrics import FlopsLinear, accuracy, coverage
+from smnas_trt.profiling.drift import Drift, drift_against
 from smnas_trt.profiling.fingerprint import Fingerprint
 from smnas_trt.space.arch import Arch
 
@@ -64,36 +67,29 @@ SEARCH_GRID = ((2, 0.1, 400, 1.0), (3, 0.08, 300, 2.0), (4, 0.08, 300, 2.0), (4,
                (6, 0.05, 300, 3.0), (3, 0.15, 150, 1.0))
 
 
-@dataclass(frozen=True)
-class FitConfig:
+class FitConfig(BaseModel):
     """Fitting settings. Defaults are what the accuracy benchmark uses."""
 
-    folds: int = 5  # K-fold CV for out-of-fold predictions (metrics, interval calibration)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    folds: int = Field(5, ge=2)  # K-fold CV for out-of-fold predictions (metrics, interval calibration)
     seed: int = 0
     # Over the additive prior the trees only correct residuals: 150 rounds score as well as 300
     # on the accuracy benchmark and halve the prediction cost.
-    rounds: int = 150
-    max_depth: int = 3
-    learning_rate: float = 0.1
-    min_child_weight: float = 2.0
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
-    reg_lambda: float = 1.0
-    scale_rounds: int = 60
-    scale_depth: int = 2
-    interval: float = 0.9  # coverage of the prediction interval
+    rounds: int = Field(150, ge=1)
+    max_depth: int = Field(3, ge=1)
+    learning_rate: float = Field(0.1, gt=0)
+    min_child_weight: float = Field(2.0, ge=0)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    scale_rounds: int = Field(60, ge=1)
+    scale_depth: int = Field(2, ge=1)
+    interval: float = Field(0.9, ge=0.5, lt=1)  # coverage of the prediction interval
     search: bool = False  # pick tree settings from SEARCH_GRID by CV MAPE
-    threads: int = 2
+    threads: int = Field(2, ge=1)
     use_lut: bool = True  # latency-table sum features
-    num_classes: int = 81  # classes of the timed detectors (profile-lut's --num-classes)
-
-    def __post_init__(self) -> None:
-        if self.folds < 2:
-            raise PredictorError(f"folds: need at least 2 for cross-validation, got {self.folds}")
-        if not 0.5 <= self.interval < 1:
-            raise PredictorError(f"interval: coverage must be in [0.5, 1), got {self.interval}")
-        if self.rounds < 1 or self.max_depth < 1:
-            raise PredictorError("rounds and max_depth must be positive")
+    num_classes: int = Field(81, ge=2)  # classes of the timed detectors (profile-lut's --num-classes)
 
     def xgb_params(self) -> dict[str, Any]:
         return {"objective": "reg:squarederror", "max_depth": self.max_depth, "eta": self.learning_rate,
@@ -116,6 +112,9 @@ class TrainingData:
     module_ms: dict[str, float] = field(default_factory=dict)
     scope: str = "network"
     source: str = ""
+    anchors_ms: dict[str, float] = field(default_factory=dict)  # the table's anchor reference (drift)
+    repeat_median: float | None = None  # the table's own repeat difference (its noise floor)
+    repeat_p90: float | None = None
 
     def __post_init__(self) -> None:
         self.ms = np.asarray(self.ms, dtype=np.float64)
@@ -134,7 +133,10 @@ def load_training_data(lut: str | Path, scope: str = "network", fingerprint: Fin
         rows = table.model_rows(scope)
         modules = table.module_latencies()
         fp = table.fingerprint
-    return TrainingData([r.arch for r in rows], np.array([r.median_ms for r in rows]), fp, modules, scope, str(lut))
+        anchors = table.anchor_reference()
+        check = table.repeat_check()
+    return TrainingData([r.arch for r in rows], np.array([r.median_ms for r in rows]), fp, modules, scope, str(lut),
+                        anchors, check.repeat_median if check else None, check.repeat_p90 if check else None)
 
 
 @dataclass
@@ -247,7 +249,7 @@ class LatencyPredictor:
 
     @property
     def config(self) -> FitConfig:
-        return FitConfig(**self.meta["fit_config"])
+        return FitConfig.model_validate(self.meta["fit_config"])
 
     @property
     def interval(self) -> float:
@@ -299,7 +301,8 @@ class LatencyPredictor:
         if config.search:
             best: tuple[float, FitConfig, np.ndarray] | None = None
             for depth, eta, rounds, mcw in SEARCH_GRID:
-                cfg = replace(config, max_depth=depth, learning_rate=eta, rounds=rounds, min_child_weight=mcw)
+                cfg = config.model_copy(update={"max_depth": depth, "learning_rate": eta, "rounds": rounds,
+                                                "min_child_weight": mcw})
                 step(f"search depth {depth} eta {eta} rounds {rounds}")
                 oof = cross_validate(cfg)
                 mape = float(np.mean(np.abs(np.exp(oof) - data.ms) / data.ms))
@@ -348,9 +351,11 @@ class LatencyPredictor:
             "n_train": n,
             "latency_range_ms": [float(data.ms.min()), float(data.ms.max())],
             "lut_modules": len(data.module_ms),
+            "anchors_ms": dict(data.anchors_ms),
+            "table_repeat": {"median": data.repeat_median, "p90": data.repeat_p90},
             "lut_missing_pieces": featurizer.lut_missing,
             "lut_archs_missing": featurizer.lut_archs_missing,
-            "fit_config": asdict(config),
+            "fit_config": config.model_dump(),
             "cv_metrics": metrics,
             "conformal_quantile": quantile,
             "prior": {"kind": "additive", "features": list(PRIOR_FEATURES), "coefficients": core.prior.tolist()},
@@ -374,23 +379,38 @@ class LatencyPredictor:
     def features(self, archs: Sequence[Arch | str]) -> np.ndarray:
         return self.featurizer.transform(archs)
 
-    def predict_log(self, archs: Sequence[Arch | str]) -> tuple[np.ndarray, np.ndarray]:
-        """(mean of log ms, interval half-width in log space)."""
+    def predict_log(self, archs: Sequence[Arch | str], drift: Drift | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean of log ms, interval half-width in log space).
+
+        With `drift` (this run's machine state against the table's, from its anchors) the mean moves by
+        log(drift.ratio) and the half-width grows by the anchors' spread in quadrature: one model's drift
+        strays from the common one by about that much."""
         X = self.features(archs)
         if len(X) == 0:
             return np.zeros(0), np.zeros(0)
-        return self._core.log_mean(X), self.quantile * self._core.log_scale(X)
+        mu, half = self._core.log_mean(X), self.quantile * self._core.log_scale(X)
+        if drift is not None:
+            z = float(NormalDist().inv_cdf(0.5 + self.interval / 2))
+            mu = mu + math.log(drift.ratio)
+            half = np.sqrt(half**2 + (z * drift.spread) ** 2)
+        return mu, half
 
-    def predict(self, archs: Sequence[Arch | str]) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, archs: Sequence[Arch | str], drift: Drift | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(predicted ms, uncertainty ms) per arch; uncertainty is the half-width of the calibrated interval."""
-        mu, half = self.predict_log(archs)
+        mu, half = self.predict_log(archs, drift)
         lower, upper = np.exp(mu - half), np.exp(mu + half)
         return np.exp(mu), (upper - lower) / 2
 
-    def predict_interval(self, archs: Sequence[Arch | str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict_interval(self, archs: Sequence[Arch | str], drift: Drift | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted ms, lower ms, upper ms); the interval covers `interval` (default 90%) of such archs."""
-        mu, half = self.predict_log(archs)
+        mu, half = self.predict_log(archs, drift)
         return np.exp(mu), np.exp(mu - half), np.exp(mu + half)
+
+    def drift_to(self, anchors_ms: Mapping[str, float]) -> Drift | None:
+        """The drift of another run's anchor timings (arch -> ms) against this predictor's table; None
+        when either has no anchors in common."""
+        return drift_against(self.meta.get("anchors_ms") or {}, anchors_ms)
 
     def add_module_latencies(self, module_ms: Mapping[str, float], fingerprint: Fingerprint | None) -> int:
         """Use more module entries (same device) for the LUT features; returns how many were new."""

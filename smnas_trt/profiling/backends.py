@@ -1,176 +1,34 @@
-"""Latency backends behind one small interface, chosen by name.
+"""The ONNX Runtime and PyTorch latency backends (TensorRT lives in `tensorrt_backend.py`).
 
-    backend = get_backend("ort-cpu", threads=2)
-    runner = backend.load("body.onnx")          # or backend.load_module(module, example_inputs) for torch
-    outputs = runner.run()                      # seeded random inputs unless feeds are given
-    stats = runner.time(TimingConfig())         # LatencyStats, median_ms is the figure used
-    fp = backend.fingerprint()                  # what the figure was measured on
+- `ort-cpu`: ONNX Runtime's CPU provider, fixed intra-op threads, sequential execution;
+- `ort-cuda`: ONNX Runtime's CUDA provider on our own non-default stream, timed with CUDA events;
+- `torch`: PyTorch eager on CPU (fixed threads) or CUDA (events, optional CUDA graph replay).
 
-Backends: `ort-cpu` (default), `ort-cuda`, `torch` (eager, cpu or cuda, optional CUDA graphs) and
-`tensorrt` (in `tensorrt_backend.py`, imported only when asked for).
+Build them from `profiling.spec.BackendSpec`; the interface is `profiling.backend`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from smnas_trt.errors import BackendUnavailableError, ProfilingError
-from smnas_trt.profiling.fingerprint import (
-    Fingerprint,
-    check_precision,
-    cpu_count,
-    cpu_fingerprint,
-    cuda_fingerprint,
+from smnas_trt.profiling.backend import (
+    ONNX_TYPE_TO_NUMPY,
+    Backend,
+    Feeds,
+    Runner,
+    TensorSpec,
+    ordered_feeds,
 )
+from smnas_trt.profiling.fingerprint import Fingerprint, cpu_count, cpu_fingerprint, cuda_fingerprint
+from smnas_trt.profiling.onnx_graph import check_graph_precision, check_onnx_path
 from smnas_trt.profiling.timing import Clock, CudaEventClock, HostClock, LatencyStats, TimingConfig, time_runs
-
-BACKEND_NAMES = ("ort-cpu", "ort-cuda", "torch", "tensorrt")
-DEFAULT_BACKEND = "ort-cpu"
-
-Feeds = Mapping[str, np.ndarray] | Sequence[np.ndarray]
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # numpy dtype name: "float32", "float16", "int64", ...
-
-
-_ONNX_TYPE_TO_NUMPY = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(uint8)": "uint8",
-    "tensor(int8)": "int8",
-    "tensor(bool)": "bool",
-}
-
-
-def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for the given specs: floats in [0, 1) (image-like), integers in [0, 4)."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            feeds[spec.name] = rng.random(spec.shape, dtype=np.float32).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[spec.name] = rng.integers(0, 2, spec.shape).astype(bool)
-        else:
-            feeds[spec.name] = rng.integers(0, 4, spec.shape).astype(dtype)
-    return feeds
-
-
-def _ordered_feeds(specs: Sequence[TensorSpec], feeds: Feeds | None, seed: int) -> dict[str, np.ndarray]:
-    if feeds is None:
-        return random_inputs(specs, seed)
-    if isinstance(feeds, Mapping):
-        missing = [s.name for s in specs if s.name not in feeds]
-        if missing:
-            raise ProfilingError(f"inputs missing: {missing}; expected {[s.name for s in specs]}")
-        return {s.name: np.asarray(feeds[s.name]) for s in specs}
-    arrays = list(feeds)
-    if len(arrays) != len(specs):
-        raise ProfilingError(f"got {len(arrays)} inputs, expected {len(specs)} ({[s.name for s in specs]})")
-    return {s.name: np.asarray(a) for s, a in zip(specs, arrays, strict=True)}
-
-
-def check_onnx_path(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise ProfilingError(f"ONNX file not found: {path}")
-    return path
-
-
-def onnx_float_type(path: str | Path) -> str | None:
-    """The element type ("float32"/"float16") of the graph's first floating-point input, if any."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf DecodeError and friends
-        raise ProfilingError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
-    for value in model.graph.input:
-        elem = value.type.tensor_type.elem_type
-        if elem == onnx.TensorProto.FLOAT:
-            return "float32"
-        if elem == onnx.TensorProto.FLOAT16:
-            return "float16"
-    return None
-
-
-def check_graph_precision(path: Path, precision: str, backend: str) -> None:
-    """An fp16 run needs an FP16 graph (ORT runs what the graph says; TensorRT 11 is strongly typed)."""
-    float_type = onnx_float_type(path)
-    wanted = "float16" if precision == "fp16" else "float32"
-    if float_type is not None and float_type != wanted:
-        raise ProfilingError(
-            f"{path}: graph inputs are {float_type} but backend {backend} was asked for {precision}; "
-            f"export the {precision} variant of the graph (smnas_trt.profiling.export.to_fp16)"
-        )
-
-
-class Runner(ABC):
-    """A loaded model ready to run and time. Inputs are fixed (seeded) unless `set_inputs` changes them."""
-
-    inputs: list[TensorSpec]
-
-    @abstractmethod
-    def run(self, feeds: Feeds | None = None) -> list[np.ndarray]:
-        """One inference; outputs copied to host numpy arrays, in the graph's output order."""
-
-    @abstractmethod
-    def time(self, config: TimingConfig | None = None) -> LatencyStats:
-        """Warm up and time repeated runs on this runner's current inputs."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release sessions, engines and device buffers."""
-
-    def __enter__(self) -> Runner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Backend(ABC):
-    """Builds runners from ONNX files (and, for `torch`, from modules) and says what it measures on."""
-
-    name: ClassVar[str]
-
-    def __init__(self, precision: str = "fp32", batch: int = 1) -> None:
-        self.precision = check_precision(precision)
-        if batch < 1:
-            raise ProfilingError(f"batch must be >= 1, got {batch}")
-        self.batch = batch
-
-    @abstractmethod
-    def version(self) -> str: ...
-
-    @abstractmethod
-    def fingerprint(self) -> Fingerprint: ...
-
-    @abstractmethod
-    def load(self, onnx_path: str | Path) -> Runner:
-        """Build a session/engine from an ONNX file with static shapes."""
-
-    def load_module(self, module: Any, example_inputs: Any) -> Runner:
-        raise ProfilingError(f"backend {self.name} loads ONNX files; only the torch backend loads nn.Modules")
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} {self.precision} batch={self.batch}>"
 
 
 # ---------------------------------------------------------------------------------------- ONNX Runtime
@@ -183,7 +41,7 @@ class OrtRunner(Runner):
             TensorSpec(
                 i.name,
                 tuple(int(d) if isinstance(d, int) else 1 for d in i.shape),
-                _ONNX_TYPE_TO_NUMPY.get(i.type, "float32"),
+                ONNX_TYPE_TO_NUMPY.get(i.type, "float32"),
             )
             for i in session.get_inputs()
         ]
@@ -192,7 +50,7 @@ class OrtRunner(Runner):
         self.set_inputs(None, seed)
 
     def set_inputs(self, feeds: Feeds | None, seed: int = 0) -> None:
-        self.feeds = _ordered_feeds(self.inputs, feeds, seed)
+        self.feeds = ordered_feeds(self.inputs, feeds, seed)
         if self.device == "cuda":
             import onnxruntime as ort
 
@@ -387,7 +245,7 @@ class TorchRunner(Runner):
 
         if feeds is None:
             return
-        arrays = _ordered_feeds(self.inputs, feeds, seed)
+        arrays = ordered_feeds(self.inputs, feeds, seed)
         for static, array in zip(self._static_inputs, arrays.values(), strict=True):
             static.copy_(self._to_device(torch.from_numpy(np.ascontiguousarray(array))))  # in place: graphs read these
 
@@ -454,16 +312,18 @@ class TorchBackend(Backend):
         super().__init__(precision, batch)
         import torch
 
-        if device not in ("cpu", "cuda"):
-            raise ProfilingError(f"torch backend device {device!r} is not one of cpu, cuda")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailableError("torch backend on cuda needs a CUDA GPU; torch sees none on this machine")
-        if cuda_graphs and device != "cuda":
-            raise ProfilingError("torch backend: cuda_graphs needs device='cuda'")
+        cuda = device.startswith("cuda")
+        if device != "cpu" and not cuda:
+            raise ProfilingError(f"torch backend device {device!r} is not one of cpu, cuda, cuda:N")
+        if cuda and not torch.cuda.is_available():
+            raise BackendUnavailableError(f"torch backend on {device} needs a CUDA GPU; torch sees none here")
+        if cuda_graphs and not cuda:
+            raise ProfilingError("torch backend: cuda_graphs needs a CUDA device")
         self.device = device
-        self.threads = (threads if threads is not None else cpu_count()) if device == "cpu" else None
+        self.device_index = int(device.split(":")[1]) if ":" in device else 0
+        self.threads = (threads if threads is not None else cpu_count()) if not cuda else None
         self.cuda_graphs = cuda_graphs
-        if device == "cuda":
+        if cuda:
             torch.backends.cudnn.benchmark = cudnn_benchmark
 
     def version(self) -> str:
@@ -473,8 +333,9 @@ class TorchBackend(Backend):
 
     def fingerprint(self) -> Fingerprint:
         name = "torch-cudagraph" if self.cuda_graphs else self.name
-        if self.device == "cuda":
-            return cuda_fingerprint(name, self.version(), precision=self.precision, batch=self.batch)
+        if self.device.startswith("cuda"):
+            return cuda_fingerprint(name, self.version(), device=self.device_index, precision=self.precision,
+                                    batch=self.batch)
         assert self.threads is not None
         return cpu_fingerprint(name, self.version(), threads=self.threads, precision=self.precision, batch=self.batch)
 
@@ -490,29 +351,3 @@ class TorchBackend(Backend):
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
         return TorchRunner(module, tuple(example_inputs), self)
-
-
-# ------------------------------------------------------------------------------------------- registry
-def get_backend(name: str = DEFAULT_BACKEND, **opts: Any) -> Backend:
-    """A backend by name with its options (threads, precision, batch, device, cuda_graphs, ...)."""
-    opts = {k: v for k, v in opts.items() if v is not None}
-    cls: type[Backend]
-    if name == "ort-cpu":
-        cls = OrtCpuBackend
-    elif name == "ort-cuda":
-        cls = OrtCudaBackend
-    elif name == "torch":
-        cls = TorchBackend
-    elif name == "tensorrt":
-        from smnas_trt.profiling.tensorrt_backend import TensorRTBackend
-
-        cls = TensorRTBackend
-    else:
-        raise ProfilingError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(opts) - accepted)
-    if unknown:
-        raise ProfilingError(
-            f"backend {name} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}"
-        )
-    return cls(**opts)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from smnas_trt.errors import ProfilingError
 
 DeviceKind = Literal["cpu", "cuda"]
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 # Fields that must agree for two measurements to be comparable (see module docstring).
 KEY_FIELDS = (
     "device_kind",

@@ -2,9 +2,16 @@
 
 Tables:
 - `meta`: key/value; `fingerprint` (JSON of the device fingerprint the table was measured on),
-  `fingerprint_key` (its short hash), `schema_version`, `created_at`.
+  `fingerprint_key` (its short hash), `schema_version`, `created_at`, `num_classes` (of the timed
+  heads), `backend_spec` (JSON, as the profile run was given it), `anchors` (JSON list of arch strings).
 - `module_entries`: one row per module shape key (UNIQUE): kind, config JSON, stats, export info.
 - `model_entries`: one row per (canonical arch string, scope) (UNIQUE): arch id, stats, extras JSON.
+- `timing_runs`: every run that timed on this table's setup: profile runs and resumes (their
+  repeat check: the median and p90 relative difference of re-timed entries), and later runs that
+  measured their drift against it (search, predictor eval, deploy): the anchors' median ratio and
+  its spread.
+- `anchor_timings`: each timing of an anchor model (profile runs time them at their start and end);
+  the median over profile runs is the table's reference, what later runs' drift is measured against.
 
 Every row carries the fingerprint key it was measured under. Each insert commits on its own, so
 an interrupted profiling run keeps every row it finished; re-running skips keys already present
@@ -20,6 +27,7 @@ import csv
 import io
 import json
 import sqlite3
+import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +38,7 @@ from smnas_trt.fileio import atomic_write_text
 from smnas_trt.profiling.fingerprint import Fingerprint
 from smnas_trt.profiling.timing import LatencyStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: timing runs and anchors
 SCOPES = ("network", "end2end")
 Scope = Literal["network", "end2end"]
 STAT_COLUMNS = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "n")
@@ -64,6 +72,52 @@ CREATE TABLE IF NOT EXISTS model_entries (
 CREATE INDEX IF NOT EXISTS model_entries_arch_id ON model_entries (arch_id);
 CREATE INDEX IF NOT EXISTS module_entries_kind ON module_entries (kind);
 """
+
+# Added by schema 2; created in older tables when they are opened for writing.
+_RUN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS timing_runs (
+    run_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    passes INTEGER,
+    drift REAL,
+    drift_spread REAL,
+    drift_anchors INTEGER,
+    repeat_n INTEGER,
+    repeat_median REAL,
+    repeat_p90 REAL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS anchor_timings (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    median_ms REAL NOT NULL,
+    stats TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+"""
+PROFILE_RUN_KINDS = ("profile", "resume")  # runs whose anchor timings are the table's reference state
+
+
+@dataclass(frozen=True, slots=True)
+class TimingRun:
+    """One run recorded in a table: a profile run (with its repeat check) or a drift measurement."""
+
+    run_id: str
+    kind: str
+    started_at: str
+    finished_at: str | None
+    passes: int | None
+    drift: float | None
+    drift_spread: float | None
+    drift_anchors: int | None
+    repeat_n: int | None
+    repeat_median: float | None
+    repeat_p90: float | None
+    note: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +239,7 @@ class LatencyTable:
         conn.execute("PRAGMA synchronous=NORMAL")
         if found is None:
             with conn:
-                conn.executescript(_SCHEMA)
+                conn.executescript(_SCHEMA + _RUN_SCHEMA)
                 conn.executemany(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                     [
@@ -197,6 +251,10 @@ class LatencyTable:
                 )
             found = fingerprint
         else:
+            with conn:  # an older table gains the run and anchor tables (nothing else changes)
+                conn.executescript(_RUN_SCHEMA)
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
             try:
                 cls._check_device(path, found, fingerprint, allow_foreign)
             except ForeignDeviceError:
@@ -281,6 +339,85 @@ class LatencyTable:
                 _now(),
             ),
         )
+
+    # ------------------------------------------------------------------------------------------ meta
+    def meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, **values: str) -> None:
+        if self.readonly:
+            raise ProfilingError(f"{self.path}: opened read-only; use LatencyTable.create to write")
+        with self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", values.items())
+
+    def meta_json(self, key: str, default: Any = None) -> Any:
+        text = self.meta(key)
+        if text is None:
+            return default
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ProfilingError(f"{self.path}: meta {key} is not valid JSON; the table is damaged") from None
+
+    @property
+    def num_classes(self) -> int:
+        """Classes (background included) the table's heads were timed with (81 for tables that predate it)."""
+        return int(self.meta("num_classes") or 81)
+
+    def anchors(self) -> list[str]:
+        """The table's anchor models (empty for tables made before anchors existed)."""
+        return list(self.meta_json("anchors", []))
+
+    # ------------------------------------------------------------------------------------------ runs
+    def _has_runs(self) -> bool:
+        row = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='timing_runs'").fetchone()
+        return row is not None
+
+    def start_run(self, run_id: str, kind: str, passes: int | None = None, note: str | None = None) -> None:
+        if self.readonly:
+            raise ProfilingError(f"{self.path}: opened read-only; use LatencyTable.create to write")
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO timing_runs (run_id, kind, started_at, passes, note) "
+                               "VALUES (?, ?, ?, ?, ?)", (run_id, kind, _now(), passes, note))
+
+    def finish_run(self, run_id: str, **values: Any) -> None:
+        allowed = {"drift", "drift_spread", "drift_anchors", "repeat_n", "repeat_median", "repeat_p90", "note"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"unknown timing-run fields {sorted(unknown)}")
+        sets = "".join(f", {k} = ?" for k in values)
+        with self._conn:
+            self._conn.execute(f"UPDATE timing_runs SET finished_at = ?{sets} WHERE run_id = ?",
+                               (_now(), *values.values(), run_id))
+
+    def runs(self) -> list[TimingRun]:
+        if not self._has_runs():
+            return []
+        return [TimingRun(**dict(r)) for r in self._rows("SELECT * FROM timing_runs ORDER BY started_at, rowid")]
+
+    def put_anchor_timing(self, run_id: str, arch: str, phase: str, stats: LatencyStats) -> None:
+        self._insert("INSERT INTO anchor_timings (run_id, arch, phase, median_ms, stats, at) VALUES (?, ?, ?, ?, ?, ?)",
+                     (run_id, arch, phase, stats.median_ms,
+                      json.dumps({c: getattr(stats, c) for c in STAT_COLUMNS}), _now()))
+
+    def anchor_reference(self) -> dict[str, float]:
+        """Per anchor, the median of its timings in the table's own profile runs: the table's machine state."""
+        if not self._has_runs():
+            return {}
+        kinds = ", ".join("?" * len(PROFILE_RUN_KINDS))
+        rows = self._conn.execute(
+            f"SELECT a.arch, a.median_ms FROM anchor_timings a JOIN timing_runs r ON a.run_id = r.run_id "
+            f"WHERE r.kind IN ({kinds})", PROFILE_RUN_KINDS).fetchall()
+        by_arch: dict[str, list[float]] = {}
+        for arch, ms in rows:
+            by_arch.setdefault(arch, []).append(float(ms))
+        return {arch: statistics.median(v) for arch, v in by_arch.items()}
+
+    def repeat_check(self) -> TimingRun | None:
+        """The latest profile run that re-timed a sample of its entries."""
+        checked = [r for r in self.runs() if r.kind in PROFILE_RUN_KINDS and r.repeat_median is not None]
+        return checked[-1] if checked else None
 
     # ------------------------------------------------------------------------------------------ reading
     def has(self, key: str) -> bool:

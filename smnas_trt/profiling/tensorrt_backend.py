@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 from types import ModuleType
@@ -30,16 +29,10 @@ import numpy as np
 
 from smnas_trt.errors import BackendUnavailableError, ProfilingError
 from smnas_trt.fileio import atomic_write_bytes, atomic_write_json
-from smnas_trt.profiling.backends import (
-    Backend,
-    Feeds,
-    Runner,
-    TensorSpec,
-    _ordered_feeds,
-    check_onnx_path,
-    onnx_float_type,
-)
+from smnas_trt.profiling.backend import Backend, Feeds, Runner, TensorSpec, ordered_feeds
+from smnas_trt.profiling.cache import cache_root
 from smnas_trt.profiling.fingerprint import Fingerprint, cuda_fingerprint
+from smnas_trt.profiling.onnx_graph import check_onnx_path, load_graph, onnx_float_type, static_input_shapes
 from smnas_trt.profiling.timing import CudaEventClock, LatencyStats, TimingConfig, time_runs
 
 if TYPE_CHECKING:  # checked against the tensorrt-stubs package where it is on MYPYPATH
@@ -50,8 +43,7 @@ DEFAULT_WORKSPACE = 4 << 30  # 4 GiB: enough tactics for detector bodies at 1333
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("SMNAS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "smnas_trt")
-    return Path(root) / "trt-engines"
+    return cache_root() / "trt-engines"
 
 
 def import_tensorrt() -> ModuleType:
@@ -163,11 +155,7 @@ def engine_cache_key(
 
 
 def _onnx_input_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    import onnx
-
-    from smnas_trt.profiling.export import static_input_shapes
-
-    return static_input_shapes(onnx.load(str(path), load_external_data=False), path)
+    return static_input_shapes(load_graph(path), path)
 
 
 class TensorRTRunner(Runner):
@@ -225,7 +213,7 @@ class TensorRTRunner(Runner):
     def set_inputs(self, feeds: Feeds | None, seed: int = 0) -> None:
         import torch
 
-        arrays = _ordered_feeds(self.inputs, feeds, seed)
+        arrays = ordered_feeds(self.inputs, feeds, seed)
         for name, array in arrays.items():
             self.buffers[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
         torch.cuda.synchronize()
@@ -295,7 +283,7 @@ class TensorRTBackend(Backend):
         self,
         precision: str = "fp32",
         batch: int = 1,
-        device: int = 0,
+        device: int = 0,  # CUDA device index (BackendSpec: cuda:N)
         workspace: int = DEFAULT_WORKSPACE,
         cache_dir: str | Path | None = None,
         layer_times: bool = False,
@@ -305,6 +293,9 @@ class TensorRTBackend(Backend):
         import tensorrt as trt
 
         self.device = device
+        import torch
+
+        torch.cuda.set_device(device)  # buffers and streams come from torch: on the engine's GPU
         self.workspace = workspace
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.layer_times = layer_times

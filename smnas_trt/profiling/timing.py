@@ -12,14 +12,15 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from smnas_trt.errors import ProfilingError
 
 
-@dataclass(frozen=True, slots=True)
-class TimingConfig:
+class TimingConfig(BaseModel):
     """How long to warm up and how many timed runs to take.
 
     Warm-up runs until BOTH `warmup_runs` runs and `warmup_s` seconds are done (caches, allocator
@@ -27,21 +28,19 @@ class TimingConfig:
     `max_runs`, or once `budget_s` has passed and at least `min_runs` were taken.
     """
 
-    warmup_runs: int = 10
-    warmup_s: float = 0.2
-    min_runs: int = 10
-    max_runs: int = 200
-    budget_s: float = 1.0
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        if self.warmup_runs < 0 or self.warmup_s < 0:
-            raise ProfilingError("timing: warmup_runs and warmup_s must be >= 0")
-        if self.min_runs < 1 or self.max_runs < self.min_runs:
-            raise ProfilingError(
-                f"timing: need 1 <= min_runs <= max_runs, got min_runs={self.min_runs}, max_runs={self.max_runs}"
-            )
-        if self.budget_s < 0:
-            raise ProfilingError("timing: budget_s must be >= 0")
+    warmup_runs: int = Field(10, ge=0)
+    warmup_s: float = Field(0.2, ge=0)
+    min_runs: int = Field(10, ge=1)
+    max_runs: int = Field(200, ge=1)
+    budget_s: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _runs(self) -> TimingConfig:
+        if self.max_runs < self.min_runs:
+            raise ValueError(f"need min_runs <= max_runs, got min_runs={self.min_runs}, max_runs={self.max_runs}")
+        return self
 
     @classmethod
     def quick(cls) -> TimingConfig:
@@ -61,13 +60,22 @@ class LatencyStats:
     min_ms: float
     max_ms: float
     n: int
+    # Where the timing's own wall time went (reported by profile runs; not stored in table rows).
+    warmup_s: float = 0.0
+    timed_s: float = 0.0
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def scaled(self, factor: float) -> LatencyStats:
+        """Every latency figure times `factor` (a timing moved to another machine state by its drift)."""
+        return replace(self, median_ms=self.median_ms * factor, p10_ms=self.p10_ms * factor,
+                       p90_ms=self.p90_ms * factor, mean_ms=self.mean_ms * factor, std_ms=self.std_ms * factor,
+                       min_ms=self.min_ms * factor, max_ms=self.max_ms * factor)
 
     def __str__(self) -> str:
         return f"{self.median_ms:.3f} ms (p10 {self.p10_ms:.3f}, p90 {self.p90_ms:.3f}, n={self.n})"
@@ -84,7 +92,7 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac
 
 
-def summarize(samples_ms: Sequence[float]) -> LatencyStats:
+def summarize(samples_ms: Sequence[float], warmup_s: float = 0.0, timed_s: float = 0.0) -> LatencyStats:
     """Stats of a list of per-run latencies (ms)."""
     if not samples_ms:
         raise ProfilingError("timing: no samples to summarize")
@@ -98,7 +106,21 @@ def summarize(samples_ms: Sequence[float]) -> LatencyStats:
         min_ms=values[0],
         max_ms=values[-1],
         n=len(values),
+        warmup_s=warmup_s,
+        timed_s=timed_s,
     )
+
+
+def sum_stats(parts: Sequence[LatencyStats]) -> LatencyStats:
+    """A model timed graph by graph (two-stage: rpn + roi): medians and quantiles add, variances add."""
+    if len(parts) == 1:
+        return parts[0]
+    return LatencyStats(
+        median_ms=sum(s.median_ms for s in parts), p10_ms=sum(s.p10_ms for s in parts),
+        p90_ms=sum(s.p90_ms for s in parts), mean_ms=sum(s.mean_ms for s in parts),
+        std_ms=math.sqrt(sum(s.std_ms**2 for s in parts)), min_ms=sum(s.min_ms for s in parts),
+        max_ms=sum(s.max_ms for s in parts), n=min(s.n for s in parts),
+        warmup_s=sum(s.warmup_s for s in parts), timed_s=sum(s.timed_s for s in parts))
 
 
 class Clock(Protocol):
@@ -166,4 +188,5 @@ def time_runs(
         samples.append(clock.measure(step))
         if len(samples) >= config.min_runs and time.perf_counter() - t_timed >= config.budget_s:
             break
-    return summarize(samples)
+    t_end = time.perf_counter()
+    return summarize(samples, warmup_s=t_timed - t_start, timed_s=t_end - t_timed)

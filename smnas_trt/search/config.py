@@ -13,11 +13,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from smnas_trt.errors import ConfigError
+from smnas_trt.predictors.predictor import FitConfig
+from smnas_trt.profiling.spec import DEFAULT_THREADS, BackendName, BackendSpec, Precision
+from smnas_trt.profiling.timing import TimingConfig
 from smnas_trt.space import MUTATIONS
 from smnas_trt.space.config import CONFIG_DIR, pydantic_error_line
+from smnas_trt.training.trainer import TrainConfig
+
+# TrainConfig fields the search sets itself (per stage or per candidate), refused under `training:`.
+TRAINING_OWNED = frozenset({"epochs", "input_size", "seed", "device", "threads", "progress"})
 
 BUILTIN_SEARCH_CONFIGS = {"demo": CONFIG_DIR / "search_demo.yaml"}
 
@@ -27,40 +34,44 @@ class _Strict(BaseModel):
 
 
 class LatencyConfig(_Strict):
-    """What "fast" means: a budget on one backend, and where the timings and predictor live."""
+    """What "fast" means: a budget on one backend, and where the timings and predictor live.
+
+    backend, precision, batch, threads, device and cuda_graphs are the fields of a `BackendSpec`
+    (`spec()`), checked as one: the same spec `smnas profile-lut` builds from its options."""
 
     budget_ms: float = Field(gt=0, description="Latency budget in ms on `backend` at `scope`.")
-    backend: str = "ort-cpu"
+    backend: BackendName = "ort-cpu"
     scope: Literal["network", "end2end"] = "network"
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Precision = "fp32"
     batch: int = Field(1, ge=1)
-    threads: int | None = Field(None, ge=1, description="Intra-op threads for CPU timing (default: backend's).")
-    device: str | None = Field(None, description="Device for the timing backend, e.g. cuda:0 (default: backend's).")
+    threads: int = Field(DEFAULT_THREADS, ge=1, description="Intra-op threads for CPU timing (the profiler's default).")
+    device: str | None = Field(None, description="cpu, cuda or cuda:N (default: the backend's).")
+    cuda_graphs: bool = False
+    passes: int = Field(1, ge=1, description="Time each candidate this many times and keep the median pass.")
+    drift: bool = Field(True, description="Measure this run's drift on the table's anchors and correct the "
+                        "predictions by it (off: predict the table's machine state, e.g. to replay a run exactly).")
     num_classes: int | None = Field(None, ge=2, description="Classes incl. background the heads are timed with; "
-                                    "must match the table (default: the profiler's, 81 as COCO).")
+                                    "must match the table (default: the table's).")
     lut: str = Field(description="Latency table (SQLite) from `smnas profile-lut`; copied into the run.")
     predictor: str | None = Field(None, description="A fitted predictor folder; fitted from `lut` when omitted.")
     refit: bool = Field(True, description="Refit the predictor on the new timings after every generation.")
-    predictor_fit: dict[str, Any] = Field(default_factory=dict, description="FitConfig fields for fitting the "
-                                          "predictor here (rounds, folds, max_depth, ...).")
-    timing: dict[str, float] = Field(default_factory=dict, description="TimingConfig fields: warmup_runs, "
-                                     "warmup_s, min_runs, max_runs, budget_s (default: the profiler's).")
+    predictor_fit: FitConfig = Field(default_factory=FitConfig, description="Settings for fitting the predictor "
+                                     "here (rounds, folds, max_depth, ...).")
+    timing: TimingConfig = Field(default_factory=TimingConfig, description="warmup_runs, warmup_s, min_runs, "
+                                 "max_runs, budget_s (default: the profiler's).")
     allow_foreign_device: bool = False
 
+    @model_validator(mode="after")
+    def _spec(self) -> LatencyConfig:
+        self.spec()  # one vocabulary for devices and what each backend can run
+        return self
 
-    @field_validator("predictor_fit")
-    @classmethod
-    def _fit_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from smnas_trt.predictors.predictor import FitConfig
-
-        return _only_dataclass_fields(v, FitConfig)
-
-    @field_validator("timing")
-    @classmethod
-    def _timing_fields(cls, v: dict[str, float]) -> dict[str, float]:
-        from smnas_trt.profiling.timing import TimingConfig
-
-        return _only_dataclass_fields(v, TimingConfig)
+    def spec(self) -> BackendSpec:
+        try:
+            return BackendSpec(backend=self.backend, precision=self.precision, batch=self.batch, threads=self.threads,
+                               device=self.device, cuda_graphs=self.cuda_graphs)
+        except ValidationError as e:
+            raise ValueError(pydantic_error_line(e).removeprefix("config: ")) from None
 
 
 class StageConfig(_Strict):
@@ -174,7 +185,8 @@ class SearchConfig(_Strict):
     strategy: Literal["smnas", "random"] = Field(
         "smnas", description="smnas: structural then modular evolution; random: uniform archs every generation.")
     latency: LatencyConfig
-    training: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides (lr, batch_size...).")
+    training: TrainConfig = Field(default_factory=TrainConfig, description="The trainer's recipe (lr, batch_size, "
+                                  "...); epochs, input size, seed and device are set per stage and candidate.")
     evaluation: EvaluationConfig = EvaluationConfig.model_validate({})
     structural: StageConfig = StageConfig.model_validate({})
     modular: ModularStageConfig = ModularStageConfig.model_validate({})
@@ -191,20 +203,17 @@ class SearchConfig(_Strict):
             raise ValueError("threads: moved to executor.threads_per_task")
         return raw
 
+    @field_serializer("training")
+    def _training_recipe(self, v: TrainConfig) -> dict[str, Any]:
+        """The whole recipe the run trains with, but the fields each stage and candidate set themselves."""
+        return v.model_dump(mode="json", exclude=set(TRAINING_OWNED))
+
     @field_validator("training")
     @classmethod
-    def _training_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from dataclasses import fields
-
-        from smnas_trt.training.trainer import TrainConfig
-
-        owned = {"epochs", "input_size", "seed", "device", "threads", "progress"}  # set per stage or per candidate
-        allowed = sorted({f.name for f in fields(TrainConfig)} - owned)
-        for key in v:
-            if key in owned:
-                raise ValueError(f"{key} is set by the search (per stage or per candidate), not here")
-            if key not in allowed:
-                raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed)}")
+    def _training_fields(cls, v: TrainConfig) -> TrainConfig:
+        owned = sorted(v.model_fields_set & TRAINING_OWNED)
+        if owned:
+            raise ValueError(f"{owned[0]} is set by the search (per stage or per candidate), not here")
         return v
 
     @model_validator(mode="after")
@@ -318,14 +327,3 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
         elif va != vb:
             diffs.append(name)
     return diffs
-
-
-def _only_dataclass_fields(values: dict[str, Any], cls: type) -> dict[str, Any]:
-    """Refuse keys that are not fields of the dataclass `cls` (the settings are passed on as keyword arguments)."""
-    from dataclasses import fields
-
-    allowed = sorted(f.name for f in fields(cls))
-    for key in values:
-        if key not in allowed:
-            raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed)}")
-    return values

@@ -34,6 +34,8 @@ from rich.console import Console
 
 from smnas_trt.errors import ArchError, ConfigError, DataError, SearchError
 from smnas_trt.fileio import atomic_dir, atomic_write_json, atomic_write_text
+from smnas_trt.profiling.cache import default_onnx_cache
+from smnas_trt.profiling.drift import Drift
 from smnas_trt.search import latency
 from smnas_trt.search.config import SearchConfig, StageConfig, config_differences, parse_search_config
 from smnas_trt.search.executors import Executor, make_executor
@@ -118,7 +120,8 @@ def open_run(config: SearchConfig | None, out: str | Path, resume: bool,
 
 def create_run(config: SearchConfig, out: Path, console: Console | None = None) -> None:
     """Check the budget against the table and predictor, then create the run directory atomically."""
-    if config.executor.kind == "inprocess":  # Ray workers may time on other machines: checked per timing there
+    config.latency.spec().check_here()  # e.g. latency.device cuda:0 on a machine without CUDA: one line
+    if config.executor.kind != "ray":  # Ray workers may time on other machines: checked per timing there
         latency.check_device(config.latency)
     fastest = latency.fastest_in_table(config.latency)
     if fastest is not None and config.latency.budget_ms < fastest[0]:
@@ -172,6 +175,8 @@ class Search:
         self.progress = SearchProgress(self.console, enabled=show_progress)
         self._predictors: dict[str, latency.Predictor] = {}
         self._confirming = config.gate.enabled and config.gate.confirm
+        self.num_classes = latency.table_num_classes(config.latency, self.table)
+        self.drift: Drift | None = None  # this run's machine state against its table (latest measurement)
 
     # ------------------------------------------------------------------ driver
     def run(self, stop_after: int | None = None) -> SearchResult:
@@ -191,6 +196,8 @@ class Search:
                         break
                     predictor = self.predictor_for(g)
                     st = self.config.stage(stage)
+                    if self.config.latency.drift and self._recorded_drift(g) is None:
+                        self.measure_drift(g, "generation")
                     self.progress.start_generation(g, stage, sum(st.promoted_to(r) for r in range(len(st.rungs))))
                     if gen is None:
                         self.plan(g, stage, predictor)
@@ -240,7 +247,8 @@ class Search:
         predicted: list[float] = []
         uncertainty: list[float] = []
         if children:
-            ms, unc = predictor.predict([ch.arch for ch in children])
+            # The drift recorded for this generation, so a replay with the same records plans the same children.
+            ms, unc = predictor.predict([ch.arch for ch in children], self._recorded_drift(g))
             predicted, uncertainty = [float(x) for x in ms], [float(x) for x in unc]
         decisions = screen(children, predicted, uncertainty, self.budget, c.gate.safety,
                            self.store.known_arch_ids(), enabled=c.gate.enabled)
@@ -341,22 +349,51 @@ class Search:
 
     def _time(self, cands: list[Candidate]) -> list[TimeOutcome | BaseException]:
         lat = self.config.latency
-        jobs = [TimeJob(x.arch_id, x.arch, lat.backend, lat.scope, lat.precision, lat.batch, lat.threads,
-                        lat.device, str(self.run_dir / CANDIDATE_DIR / x.arch_id), dict(lat.timing), lat.num_classes)
-                for x in cands]
+        jobs = [TimeJob(x.arch_id, x.arch, lat.spec().model_dump(), lat.scope, self.num_classes,
+                        lat.timing.model_dump(), lat.passes, str(default_onnx_cache())) for x in cands]
         assert self.executor is not None
         results: list[TimeOutcome | BaseException] = []
         # One timing at a time, and only between rounds of training (train() returns once every job of a
-        # rung is back), so no training of ours runs beside a timing. A GPU is requested only for backends
-        # that time on one.
-        on_gpu = lat.backend in ("ort-cuda", "tensorrt") or (lat.backend == "torch" and lat.device == "cuda")
-        for _job, res in self.executor.run(time_candidate, jobs, parallel=False, use_gpu=on_gpu):
+        # rung is back), so no training of ours runs beside a timing.
+        for _job, res in self.executor.run(time_candidate, jobs, parallel=False, use_gpu=self._times_on_gpu):
             if isinstance(res, TimeOutcome):
-                latency.add_timing(self.table, res, self.config.latency)
+                latency.add_timing(self.table, res, lat, self.drift)
             elif isinstance(res, ConfigError | DataError):
                 raise res
             results.append(res)
         return results
+
+    @property
+    def _times_on_gpu(self) -> bool:
+        return self.config.latency.spec().device_kind == "cuda"
+
+    def _recorded_drift(self, g: int) -> Drift | None:
+        """The drift measured at the start of generation g (None before it is measured, or if it could not be)."""
+        rows = [r for r in self.store.drifts() if r["generation"] == g and r["phase"] == "generation"]
+        if not rows:
+            return None
+        r = rows[-1]
+        return Drift(r["ratio"], r["spread"], r["anchors"], {})
+
+    def measure_drift(self, g: int, phase: str) -> None:
+        """Time the table's anchors now: this run's machine state against the table's, recorded in the run
+        store and the run's table; predictions from here on are corrected by it (see profiling/drift.py)."""
+        lat = self.config.latency
+        job = latency.DriftJob(str(self.table), lat.spec().model_dump(), lat.timing.model_dump(), lat.passes,
+                               str(default_onnx_cache()))
+        assert self.executor is not None
+        [(_, res)] = list(self.executor.run(latency.measure_drift, [job], parallel=False, use_gpu=self._times_on_gpu))
+        if isinstance(res, BaseException):
+            self.progress.note(f"[yellow]drift not measured: {_describe(res)}[/]")
+            return
+        drift, line = res
+        self.progress.note(line)
+        if drift is None:
+            return
+        self.drift = drift
+        self.store.add_drift(g, phase, drift.ratio, drift.spread, drift.n)
+        if drift.warn:
+            self.progress.note(f"[yellow]{drift.warning('this generation’s budget and timings')}[/]")
 
     # ------------------------------------------------------------------ 4: train, rung by rung
     def train(self, g: int, stage: str) -> None:
@@ -410,6 +447,10 @@ class Search:
     def _time_untimed(self, g: int) -> None:
         """Time trained candidates that were not timed before training (gate.confirm off)."""
         cands = [x for x in self.store.candidates(generation=g, status=("waiting", "trained")) if x.measured_ms is None]
+        if not cands:
+            return
+        if self.config.latency.drift:
+            self.measure_drift(g, "trained")
         for cand, outcome in zip(cands, self._time(cands), strict=True):
             if isinstance(outcome, TimeOutcome):
                 self.store.update(cand.arch_id, measured_ms=outcome.ms, latency_json=json.dumps(outcome.stats),

@@ -108,11 +108,7 @@ def _worker(fn: Callable[[Any], Any], job: Any, threads: int | None, gpu: int | 
     _die_with_parent(parent_pid)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # read when CUDA initialises, i.e. inside the job
-    # Before torch loads OpenMP: sleep rather than spin in barriers, so workers side by side on few cores
-    # do not steal each other's time.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if threads is not None:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch
 
         torch.set_num_threads(threads)
@@ -158,6 +154,9 @@ class LocalExecutor:
         self.threads_per_task = threads_per_task
         self.gpus = gpus
         self._context = multiprocessing.get_context("spawn")
+        # Workers inherit this environment when they start, before their torch loads OpenMP: sleep rather
+        # than spin in barriers, so workers side by side on few cores do not steal each other's time.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     @classmethod
     def from_config(cls, config: ExecutorConfig, cpus: int | None = None, gpus: int | None = None) -> LocalExecutor:

@@ -1,14 +1,16 @@
-"""The search's links to the profiling layer (latency table, real-backend timing) and the predictor.
+"""The search's links to the profiling layer (latency table, real-backend timing, drift) and the predictor.
 
-Four narrow functions: `time_arch` (export one arch and time it on the configured backend),
-`add_timing` (put that timing into the run's table), `fit_predictor` / `load_predictor` (a predictor
-with `predict(arch strings) -> (ms, uncertainty)` and `save(folder)`), plus `fastest_in_table` and
-`copy_table` for the run directory's setup.
+`time_arch` (export one arch's graphs and time them on the configured backend, the same jobs
+`smnas profile-lut` runs), `measure_drift` (the run's machine state against its table, from the
+table's anchors), `add_timing` (put a timing into the run's table, in the table's machine state),
+`fit_predictor` / `load_predictor`, plus `fastest_in_table`, `copy_table` and `check_device` for the
+run directory's setup.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +18,9 @@ from smnas_trt.search.config import LatencyConfig
 from smnas_trt.search.tasks import TimeJob, TimeOutcome
 
 if TYPE_CHECKING:
-    # `predict(archs) -> (ms, uncertainty ms)` (half-width of the calibrated 90% interval) and `save(folder)`.
+    # `predict(archs, drift) -> (ms, uncertainty ms)` (half-width of the calibrated 90% interval) and `save(folder)`.
     from smnas_trt.predictors.predictor import LatencyPredictor as Predictor
+    from smnas_trt.profiling.drift import Drift
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -46,78 +49,103 @@ def fastest_in_table(cfg: LatencyConfig, table: str | Path | None = None) -> tup
     return best.median_ms, best.arch
 
 
-def add_timing(table: str | Path, outcome: TimeOutcome, cfg: LatencyConfig) -> None:
-    """Add one measured whole model to the run's table (an (arch, scope) already there is kept)."""
+def table_num_classes(cfg: LatencyConfig, table: str | Path | None = None) -> int:
+    from smnas_trt.profiling.lut import LatencyTable
+
+    with LatencyTable.open(table or cfg.lut) as lut:
+        return cfg.num_classes or lut.num_classes
+
+
+def add_timing(table: str | Path, outcome: TimeOutcome, cfg: LatencyConfig, drift: Drift | None = None) -> None:
+    """Add one measured whole model to the run's table (an (arch, scope) already there is kept).
+
+    With the run's drift the row is stored in the table's machine state (measured / drift ratio), so the
+    table stays one state and the predictor refitted on it predicts that state; the measured figure and
+    the ratio are kept in the row's extra fields."""
     from smnas_trt.profiling.fingerprint import Fingerprint
     from smnas_trt.profiling.lut import LatencyTable
     from smnas_trt.profiling.timing import LatencyStats
 
     rec = outcome.record
+    stats = LatencyStats.from_dict(rec["stats"])
+    extra = dict(rec.get("extra") or {})
+    if drift is not None:
+        stats = stats.scaled(1.0 / drift.ratio)
+        extra.update(measured_ms=outcome.ms, drift=drift.ratio)
     with LatencyTable.create(table, Fingerprint.from_json(rec["fingerprint"]),
                              allow_foreign=cfg.allow_foreign_device) as lut:
-        lut.put_model(rec["arch"], rec["scope"], LatencyStats(**rec["stats"]), rec.get("extra") or {})
+        lut.put_model(rec["arch"], rec["scope"], stats, extra)
 
 
 # ---------------------------------------------------------------------------------------------- timing
 def time_arch(job: TimeJob) -> TimeOutcome:
-    """Build the arch's `network` body, export it (except for the torch backend) and time it.
+    """Export the arch's graphs (those `smnas deploy` ships) and time them, as `profile-lut` does.
 
-    Weights do not change latency, so the freshly initialised body is timed; the graph goes to
-    `job.work_dir`. The outcome carries the row for the latency table and the backend's fingerprint.
-    """
-    from dataclasses import asdict
-
+    Weights do not change latency, so a freshly initialised detector is timed."""
     from smnas_trt.errors import ProfilingError
-    from smnas_trt.profiling.backends import get_backend
-    from smnas_trt.profiling.profile import time_module
+    from smnas_trt.profiling.cache import OnnxCache
+    from smnas_trt.profiling.profile import model_job, time_jobs
+    from smnas_trt.profiling.spec import BackendSpec
     from smnas_trt.profiling.timing import TimingConfig
     from smnas_trt.space import parse
 
     if job.scope != "network":
         raise ProfilingError(f"latency.scope: the search times the network scope only so far, not {job.scope!r}")
-    opts: dict[str, Any] = {"threads": job.threads, "precision": job.precision, "batch": job.batch}
-    if job.device is not None:
-        opts["device"] = job.device
-    backend = get_backend(job.backend, **opts)
-    arch = parse(job.arch)
-    body, inputs = arch_body(arch, job.batch, job.num_classes)
-    work = Path(job.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    stats, extra = time_module(backend, body, inputs, work, job.arch, TimingConfig(**job.timing))
-    stat_dict = asdict(stats)
-    record = {"arch": job.arch, "scope": job.scope, "stats": stat_dict, "extra": extra,
+    spec = BackendSpec.model_validate(job.spec)
+    backend = spec.build()
+    timing = TimingConfig.model_validate(job.timing)
+    with OnnxCache(job.onnx_cache) as cache:
+        [result] = list(time_jobs(backend, [model_job(parse(job.arch), job.num_classes, spec.batch, spec.precision,
+                                                      "legacy")], timing, cache, job.passes))
+    if result.stats is None:
+        raise ProfilingError(f"timing {job.arch}: {result.error}")
+    stats = result.stats.as_dict()
+    record = {"arch": job.arch, "scope": job.scope, "stats": stats, "extra": result.extra,
               "fingerprint": backend.fingerprint().to_json()}
-    return TimeOutcome(job.arch_id, float(stats.median_ms), stat_dict, record)
+    return TimeOutcome(job.arch_id, float(result.stats.median_ms), stats, record)
 
 
-def arch_body(arch: Any, batch: int = 1, num_classes: int | None = None) -> tuple[Any, tuple[Any, ...]]:
-    """(network body, example inputs) of a freshly built detector: what `time_module` times."""
-    import torch
+@dataclass(frozen=True)
+class DriftJob:
+    """Time the anchors of `table` on this worker's backend (plain values, for any executor)."""
 
-    from smnas_trt.models import build_detector
-    from smnas_trt.models.body import DEFAULT_NUM_CLASSES, body_input_shape, network_body
+    table: str
+    spec: dict[str, Any]
+    timing: dict[str, Any] = field(default_factory=dict)
+    passes: int = 1
+    onnx_cache: str | None = None
 
-    with torch.no_grad():
-        model = build_detector(arch, num_classes or DEFAULT_NUM_CLASSES)
-        return network_body(model, arch), (torch.zeros(body_input_shape(arch, batch)),)
+
+def measure_drift(job: DriftJob) -> tuple[Drift | None, str]:
+    """(this run's drift against the table, one line saying what was measured or why not); recorded in the table."""
+    from smnas_trt.profiling.cache import OnnxCache
+    from smnas_trt.profiling.profile import measure_drift as measure
+    from smnas_trt.profiling.spec import BackendSpec
+    from smnas_trt.profiling.timing import TimingConfig
+
+    backend = BackendSpec.model_validate(job.spec).build()
+    with OnnxCache(job.onnx_cache) as cache:
+        return measure(backend, job.table, TimingConfig.model_validate(job.timing), cache, "search", job.passes)
 
 
 # ---------------------------------------------------------------------------------------------- predictor
 def fit_predictor(table: str | Path, cfg: LatencyConfig, base: Predictor | None = None) -> Predictor:
     """Fit the XGBoost predictor on the table's whole models at the config's scope.
 
-    With `base` (a fitted predictor), refit with its settings on the table's current rows; otherwise
-    defaults, with the table's module entries as features when it has any.
+    With `base` (a fitted predictor), refit with its settings on the table's current rows; otherwise the
+    config's `predictor_fit` settings, with defaults from the table (its classes; its module entries as
+    features when it has any) for the fields the config leaves unset.
     """
-    from smnas_trt.predictors.predictor import FitConfig, LatencyPredictor, load_training_data
+    from smnas_trt.predictors.predictor import LatencyPredictor, load_training_data
 
     data = load_training_data(table, scope=cfg.scope, allow_foreign=cfg.allow_foreign_device)
     if isinstance(base, LatencyPredictor):
         predictor, _ = base.refit(data)
         return predictor
-    defaults = {"num_classes": cfg.num_classes or FitConfig.num_classes, "use_lut": bool(data.module_ms),
+    fit = cfg.predictor_fit
+    defaults = {"num_classes": table_num_classes(cfg, table), "use_lut": bool(data.module_ms),
                 "folds": max(2, min(5, len(data.archs) // 4))}
-    config = FitConfig(**{**defaults, **cfg.predictor_fit})
+    config = fit.model_copy(update={k: v for k, v in defaults.items() if k not in fit.model_fields_set})
     predictor, _ = LatencyPredictor.fit(data, config)
     return predictor
 
@@ -134,11 +162,7 @@ def load_predictor(path: str | Path, cfg: LatencyConfig, table: str | Path | Non
 
 def check_device(cfg: LatencyConfig) -> None:
     """Refuse a table measured on another device/backend than the one this process would time on."""
-    from smnas_trt.profiling.backends import get_backend
     from smnas_trt.profiling.lut import LatencyTable
 
-    opts: dict[str, Any] = {"threads": cfg.threads, "precision": cfg.precision, "batch": cfg.batch}
-    if cfg.device is not None:
-        opts["device"] = cfg.device
-    here = get_backend(cfg.backend, **opts).fingerprint()
+    here = cfg.spec().build().fingerprint()
     LatencyTable.open(cfg.lut, here, allow_foreign=cfg.allow_foreign_device).close()

@@ -16,6 +16,8 @@ Tables (the public contract other tools read; see `SCHEMA`):
   all of them trained to the top rung).
 - `rungs`: one row per (candidate, rung) it completed: epochs reached, AP, AP50, times, and the
   promotion decision taken on it (`promoted`, `stopped`, or `top` for the top rung).
+- `drifts`: every drift measurement of the run (at each generation's start, and before timing trained
+  candidates): the anchors' median ratio against the run's latency table and its spread.
 - `references`: reference detectors trained with the same recipe (written by bench/vs_reference.py).
 
 Writes happen in short transactions from one process (the search driver), so a SIGKILL at any point
@@ -113,6 +115,15 @@ CREATE TABLE IF NOT EXISTS rungs (
     decision TEXT,
     finished_at REAL NOT NULL,
     PRIMARY KEY (arch_id, rung)
+);
+CREATE TABLE IF NOT EXISTS drifts (
+    id INTEGER PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    ratio REAL NOT NULL,
+    spread REAL NOT NULL,
+    anchors INTEGER NOT NULL,
+    at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS references_ (
     name TEXT PRIMARY KEY,
@@ -430,6 +441,15 @@ class RunStore:
     def train_cpu_seconds(self) -> float:
         """CPU-seconds every training of the run has used so far (finished rungs)."""
         return float(self.db.execute("SELECT COALESCE(SUM(cpu_seconds), 0) FROM rungs").fetchone()[0])
+
+    # ------------------------------------------------------------------ drift
+    def add_drift(self, generation: int, phase: str, ratio: float, spread: float, anchors: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO drifts (generation, phase, ratio, spread, anchors, at) VALUES (?, ?, ?, ?, ?, ?)",
+                       (generation, phase, ratio, spread, anchors, time.time()))
+
+    def drifts(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM drifts ORDER BY id")]
 
     # ------------------------------------------------------------------ references
     def put_reference(self, name: str, arch_id: str, arch: str, status: str, **values: Any) -> None:

@@ -52,15 +52,12 @@ class TrainOutcome:
 class TimeJob:
     arch_id: str
     arch: str
-    backend: str
+    spec: dict[str, Any]  # profiling.spec.BackendSpec fields
     scope: str
-    precision: str
-    batch: int
-    threads: int | None
-    device: str | None
-    work_dir: str  # where the exported graph goes
+    num_classes: int  # classes incl. background the heads are timed with (the table's)
     timing: dict[str, Any] = field(default_factory=dict)  # TimingConfig fields (warm-up, runs, budget)
-    num_classes: int | None = None  # classes incl. background the heads are timed with (None: the table's 81)
+    passes: int = 1
+    onnx_cache: str | None = None  # exported graphs kept here (None: a temporary folder)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.optim.lr_scheduler import LambdaLR
 
 from smnas_trt.data.coco import CocoDetection, build_loader
@@ -39,62 +40,53 @@ class TrainingError(SmnasError):
     """Training diverged, or a checkpoint does not match the run."""
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(BaseModel):
     """Recipe for a from-scratch run. `input_size` is (width, height), normally the arch's size."""
 
-    epochs: int = 12
-    batch_size: int = 16
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(16, ge=1)
     input_size: tuple[int, int] = (128, 128)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9  # SGD only
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
     schedule: Literal["cosine", "step"] = "cosine"
     step_milestones: tuple[float, ...] = (0.67, 0.89)  # shares of all iterations (step schedule)
-    step_gamma: float = 0.1
-    warmup_iters: int = 100
-    warmup_factor: float = 0.01
-    min_lr_ratio: float = 0.01  # cosine floor, as a share of lr
-    grad_clip: float = 10.0  # max gradient norm; 0 disables
+    step_gamma: float = Field(0.1, gt=0)
+    warmup_iters: int = Field(100, ge=0)
+    warmup_factor: float = Field(0.01, gt=0, le=1)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)  # cosine floor, as a share of lr
+    grad_clip: float = Field(10.0, ge=0)  # max gradient norm; 0 disables
     amp: bool = True  # mixed precision, used on CUDA only
     seed: int = 0
     device: str = "cpu"
-    threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's choice
-    workers: int = 0
-    eval_every: int = 0  # evaluate on eval_split every N epochs (0: never during training)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU; None leaves torch's choice
+    workers: int = Field(0, ge=0)
+    eval_every: int = Field(0, ge=0)  # evaluate on eval_split every N epochs (0: never during training)
     eval_split: str = "val"
-    eval_max_images: int | None = None
+    eval_max_images: int | None = Field(None, ge=1)
     train_split: str = "train"
     hflip: bool | None = None  # random horizontal flips; None: on, except for the demo digits (not mirror-symmetric)
     cache_images: bool | None = None  # keep decoded, resized images in memory; None: when under 2 GiB
-    max_train_images: int | None = None
+    max_train_images: int | None = Field(None, ge=1)
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
-        self.step_milestones = tuple(float(m) for m in self.step_milestones)
-        checks = {
-            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
-            "optimizer": self.optimizer in ("adamw", "sgd"), "schedule": self.schedule in ("cosine", "step"),
-            "warmup_iters": self.warmup_iters >= 0, "weight_decay": self.weight_decay >= 0,
-            "input_size": min(self.input_size) >= 1, "workers": self.workers >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"train config: bad {name} = {getattr(self, name)!r}")
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 1:
+            raise ValueError(f"width and height must be >= 1, got {list(v)}")
+        return v
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["input_size"] = list(self.input_size)
-        d["step_milestones"] = list(self.step_milestones)
-        return d
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        return cls(**values)
+        """From a stored dict; fields this version no longer has are dropped (older checkpoints)."""
+        return cls.model_validate({k: v for k, v in d.items() if k in cls.model_fields})
 
 
 @dataclass

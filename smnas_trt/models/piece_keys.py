@@ -1,18 +1,92 @@
-"""Latency-table shape keys of an arch's module pieces, without building any module.
+"""The latency-table key grammar of module pieces, spelled from the genes alone: the one place it lives.
 
-`smnas_trt.models.body.module_pieces` builds the detector to name its pieces; that takes tens of
-milliseconds, far too slow for featurising 100,000 archs. These functions spell the same keys from
-the genes (a test compares them with `module_pieces` on many archs, so a change in the builder's key
-format is caught). Batch is 1, as in the whole-model timings the predictor learns.
+`smnas_trt.models.pieces.module_pieces` names the pieces it builds with these functions, and the
+latency predictor looks pieces up with them without building anything (featurising 100,000 archs
+cannot afford tens of milliseconds of module building each). A key names the piece's type and every
+gene and input shape its cost depends on, so equal keys mean equal computations. Also the shape
+facts the keys need (level sizes, channels, anchors per location, RoI count), derived from the
+builder's own constants. Batch is 1, as in the whole-model timings the predictor learns.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import cache
 
-from smnas_trt.predictors.analytic import backbone_channels, head_anchors, level_shapes, mbv2_channels, proposals_for
+from torchvision.models._utils import _make_divisible
+
+from smnas_trt.models.backbones import MBV2_BOUNDS
+from smnas_trt.models.detector import ASPECT_RATIOS, SIZE_DIVISIBLE, size_settings
 from smnas_trt.space.arch import Arch, Backbone, Head, InputSize, Neck, is_bottleneck
+
+# torchvision MobileNetV2 inverted residual settings: expansion t, channels c, repeats n, stride s.
+MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                 (6, 320, 1, 1))
+RETINA_OCTAVES = 3  # RetinaNet anchor scales 2^0, 2^(1/3), 2^(2/3) per FPN level (detector.anchor_sizes)
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+@cache
+def level_shapes(width: int, height: int) -> tuple[tuple[int, int], ...]:
+    """(h, w) at levels 0..7 of the padded body input: floor halvings to P5, then rounding up (P6, P7)."""
+    h = math.ceil(height / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+    w = math.ceil(width / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+    shapes = [(h, w)]
+    for level in range(1, 8):
+        h, w = (h // 2, w // 2) if level <= 5 else ((h + 1) // 2, (w + 1) // 2)
+        shapes.append((h, w))
+    return tuple(shapes)
+
+
+@cache
+def mbv2_layers(width_mult: float) -> tuple[tuple[int, int, int, int], ...]:
+    """Inverted residual layers of torchvision's MobileNetV2 features[1:18]: (cin, hidden, cout, stride)."""
+    cin = _make_divisible(32 * width_mult, 8)
+    layers = []
+    for t, ch, n, s in MBV2_SETTINGS:
+        cout = _make_divisible(ch * width_mult, 8)
+        for i in range(n):
+            layers.append((cin, round(cin * t), cout, s if i == 0 else 1))
+            cin = cout
+    return tuple(layers)
+
+
+@cache
+def mbv2_channels(width_mult: float) -> tuple[int, ...]:
+    """Output channels of the MobileNetV2 stem and of its four stages."""
+    layers = mbv2_layers(width_mult)
+    return tuple(layers[MBV2_BOUNDS[i + 1] - 2][2] for i in range(5))
+
+
+def backbone_channels(backbone: Backbone) -> tuple[int, ...]:
+    """C2..C5 output channels."""
+    if backbone.kind == "mobilenetv2":
+        return mbv2_channels(backbone.width_mult)[1:]
+    return tuple(backbone.stage_channels())
+
+
+def single_map_anchor_sizes(short: int) -> int:
+    """Anchor sizes on a single C4/C5 map: powers of two from ~short/25 up to 3/4 of the short side."""
+    lo = 2 ** math.ceil(math.log2(short / 25))
+    return max(1, sum(1 for i in range(8) if lo * 2**i <= 0.75 * short))
+
+
+def proposals_for(size: InputSize) -> int:
+    """RoIs per image of the RoI graph (the RPN's test-time post-NMS count)."""
+    return size_settings(size).proposals_test
+
+
+def head_anchors(size: InputSize, fpn: bool, head_kind: str) -> int:
+    """Anchors per location of a head (detector.anchor_sizes x aspect ratios)."""
+    if head_kind == "fcos":
+        return 1
+    if not fpn:
+        return single_map_anchor_sizes(min(size.width, size.height)) * len(ASPECT_RATIOS)
+    return (RETINA_OCTAVES if head_kind == "retina" else 1) * len(ASPECT_RATIOS)
+
+
+# ---------------------------------------------------------------------------------------------- keys
 
 PIECE_KINDS = ("stem", "stage", "neck", "head", "rpn", "roi")
 
@@ -77,24 +151,6 @@ def neck_key(size: InputSize, channels: tuple[int, ...], neck: Neck) -> str | No
 
 
 @cache
-def roi_level_counts(size: InputSize, levels: tuple[int, ...], proposals: int) -> tuple[int, ...]:
-    """How the body's fixed proposals split over the pooled levels (part of the RoI key; torch, cached)."""
-    from torchvision.ops.poolers import LevelMapper
-
-    from smnas_trt.models.body import fixed_proposals
-    from smnas_trt.models.detector import detector_settings
-    from smnas_trt.space.arch import Head as HeadGene
-    from smnas_trt.space.arch import Neck as NeckGene
-
-    # fixed_proposals and detector_settings read only the size of the arch.
-    arch = Arch(size, Backbone("mobilenetv2", width_mult=1.0), NeckGene("none", 4, 4), True, HeadGene("2fc", 1, 0, 8))
-    boxes = fixed_proposals(arch, proposals)
-    mapper = LevelMapper(levels[0], levels[-1], canonical_scale=detector_settings(arch).canonical_scale)
-    lvl = mapper([boxes])
-    return tuple(int((lvl == i).sum()) for i in range(len(levels)))
-
-
-@cache
 def head_keys(size: InputSize, channels: tuple[int, ...], neck: Neck, head: Head, num_classes: int
               ) -> tuple[tuple[str, str], ...]:
     """(kind, key) of the dense head, or of the RPN head and the RoI stage."""
@@ -105,10 +161,11 @@ def head_keys(size: InputSize, channels: tuple[int, ...], neck: Neck, head: Head
         anchors = head_anchors(size, fpn, "rpn")
         n = proposals_for(size)
         pooled = tuple(lv for lv in neck.levels if lv <= 5)
-        counts = roi_level_counts(size, pooled, n)
         name = "2fc" if head.kind == "2fc" else f"cascade{head.stages}"
+        # Every RoI is pooled at every level (graphs.LevelRoIAlign): the cost does not depend on where
+        # the proposals fall, so the key holds only their count.
         roi = (f"roi:{name}:fc{head.width}:classes{num_classes}:in{'+'.join(head_in[:len(pooled)])}"
-               f":proposals{n}:levels{'-'.join(map(str, counts))}")
+               f":proposals{n}")
         return (("rpn", f"rpn:in{levels_key}:anchors{anchors}"), ("roi", roi))
     anchors = head_anchors(size, fpn, head.kind)
     return (("head", f"head:{head.kind}:d{head.depth}xw{head.width}:anchors{anchors}:classes{num_classes}"

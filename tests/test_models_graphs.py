@@ -1,25 +1,28 @@
-"""Network body, module pieces, counts, ONNX export of bodies, and `smnas space describe`."""
+"""The graphs every engine runs (one function builds them), module pieces, counts, exports and `space describe`."""
 
 from __future__ import annotations
 
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.ops import MultiScaleRoIAlign
 
 from smnas_trt.models import WSConv2d, build_detector
-from smnas_trt.models.body import (
-    body_input_shape,
-    fixed_proposals,
-    module_pieces,
-    network_body,
-)
-from smnas_trt.models.cascade import CascadeRoIHeads
+from smnas_trt.models.cascade import CascadeRoIHeads, decode_boxes
 from smnas_trt.models.counts import count_flops, count_params
+from smnas_trt.models.detector import detector_settings
+from smnas_trt.models.graphs import (
+    LevelRoIAlign,
+    body_input_shape,
+    detector_graphs,
+    fixed_proposals,
+    pooled_levels,
+)
+from smnas_trt.models.pieces import module_pieces
 from smnas_trt.space import parse
 
 ONE_STAGE = "64x64/r18_8_11-21-21-21/fpn:P3-P7:16/none/retina:1x16"
@@ -28,13 +31,12 @@ TWO_STAGE = "64x64/r50_8_11-21-21-21/fpn:P2-P6:16/rpn/cascade2:32"
 TWO_FC_C4 = "80x64/x50(4x16d)_8_11-21-21-21/none:C4/rpn/2fc:32"
 
 
-def _body_outputs(text: str, num_classes: int = 5, batch: int = 2) -> tuple[tuple[torch.Tensor, ...], nn.Module]:
+def _graph_outputs(text: str, num_classes: int = 5, batch: int = 2) -> list[tuple[torch.Tensor, ...]]:
     arch = parse(text)
     torch.manual_seed(0)
-    model = build_detector(arch, num_classes)
-    body = network_body(model, arch)
+    graphs = detector_graphs(build_detector(arch, num_classes), arch, batch)
     with torch.no_grad():
-        return body(torch.randn(body_input_shape(arch, batch))), body
+        return [g.module(*g.example_inputs) for g in graphs]
 
 
 def test_body_input_shape_pads_to_32() -> None:
@@ -43,26 +45,34 @@ def test_body_input_shape_pads_to_32() -> None:
 
 
 def test_one_stage_body_outputs() -> None:
-    outs, body = _body_outputs(ONE_STAGE)
+    arch = parse(ONE_STAGE)
+    graphs = detector_graphs(build_detector(arch, 5), arch, 2)
+    assert [g.name for g in graphs] == ["body"]
+    assert not any(isinstance(m, WSConv2d) for m in graphs[0].module.modules()) and not graphs[0].module.training
+    [outs] = _graph_outputs(ONE_STAGE)
     # P3..P7 at 64x64: 8x8, 4x4, 2x2, 1x1, 1x1 locations, 9 anchors each.
     anchors = (64 + 16 + 4 + 1 + 1) * 9
     assert [tuple(o.shape) for o in outs] == [(2, anchors, 5), (2, anchors, 4)]
-    assert not any(isinstance(m, WSConv2d) for m in body.modules()) and not body.training
-    outs, _ = _body_outputs(FCOS)
+    [outs] = _graph_outputs(FCOS)
     locations = 8 * 12 + 4 * 6 + 2 * 3 + 1 * 2  # 96x64 at P3..P6 (P6 = max-pool of P5, rounded up)
     assert [tuple(o.shape) for o in outs] == [(2, locations, 5), (2, locations, 4), (2, locations, 1)]
 
 
-def test_two_stage_body_outputs_fixed_proposals() -> None:
-    outs, body = _body_outputs(TWO_STAGE)
-    n = body.roi.num_proposals
+def test_two_stage_graphs_are_cut_around_the_rpn() -> None:
+    arch = parse(TWO_STAGE)
+    graphs = detector_graphs(build_detector(arch, 5), arch, 2)
+    assert [g.name for g in graphs] == ["rpn", "roi"]
+    assert graphs[1].input_names == ["p2", "p3", "p4", "p5", "proposals"]
+    rpn, roi = _graph_outputs(TWO_STAGE)
+    n = detector_settings(arch).proposals_test
     assert n == 100  # small inputs: 100 proposals per image (300 at paper sizes)
-    levels = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]  # P2..P6 (P6 = max-pool of P5)
-    expected = [(2, 3, *hw) for hw in levels] + [(2, 12, *hw) for hw in levels]
-    expected += [(2 * n, 5), (2 * n, 4)] * 2  # two cascade stages: class logits, agnostic deltas
-    assert [tuple(o.shape) for o in outs] == expected
-    outs, body = _body_outputs(TWO_FC_C4)
-    assert [tuple(o.shape) for o in outs] == [(2, 12, 4, 6), (2, 48, 4, 6), (200, 5), (200, 20)]  # 80 pads to 96
+    anchors = 3 * (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1)  # P2..P6, 3 aspect ratios
+    assert [tuple(o.shape) for o in rpn] == [(2, 16, 16, 16), (2, 16, 8, 8), (2, 16, 4, 4), (2, 16, 2, 2),
+                                             (2 * anchors, 1), (2 * anchors, 4)]
+    # Cascade: averaged log-probabilities, the last stage's agnostic deltas, the boxes that stage scored.
+    assert [tuple(o.shape) for o in roi] == [(2 * n, 5), (2 * n, 4), (2 * n, 4)]
+    rpn, roi = _graph_outputs(TWO_FC_C4)
+    assert [tuple(o.shape) for o in roi] == [(200, 5), (200, 20)]  # 2-FC: logits, class-specific deltas
 
 
 def test_fixed_proposals_are_deterministic_and_inside() -> None:
@@ -72,21 +82,62 @@ def test_fixed_proposals_are_deterministic_and_inside() -> None:
     assert (a[:, 0] >= 0).all() and (a[:, 2] <= 64).all() and (a[:, 2] > a[:, 0]).all() and (a[:, 3] > a[:, 1]).all()
 
 
-def test_body_matches_the_detector_roi_path() -> None:
-    """The body's RoI stage equals MultiScaleRoIAlign + head + predictor of the detector on the same boxes."""
-    arch = parse("64x64/r18_8_11-21-21-21/fpn:P2-P5:16/rpn/2fc:32")
+def _feature_maps(arch_text: str, batch: int = 1) -> tuple[object, dict[str, torch.Tensor]]:
+    arch = parse(arch_text)
     torch.manual_seed(0)
     model = build_detector(arch, 5).eval()
-    body = network_body(model, arch)
-    x = torch.randn(body_input_shape(arch, 1))
     with torch.no_grad():
-        outs = body(x)
-        feats = body.features(x)
-        rh = body.roi
-        boxes = rh.proposals
-        pooled = model.roi_heads.box_roi_pool(feats, [boxes], [(64, 64)])
-        logits, _ = rh.box_predictors[0](rh.box_heads[0](pooled))
-    torch.testing.assert_close(outs[-2], logits, rtol=1e-4, atol=1e-5)
+        feats = model.backbone(torch.randn(body_input_shape(arch, batch)))
+    return model, feats
+
+
+def test_static_roi_pooling_equals_multiscale_roi_align() -> None:
+    """Every RoI pooled at every level, kept at its own: the numbers of torchvision's MultiScaleRoIAlign."""
+    arch = parse("160x128/r18_8_11-21-21-21/fpn:P2-P5:16/rpn/2fc:32")
+    model, feats = _feature_maps(str(arch), batch=2)
+    levels = pooled_levels(arch)
+    names = [f"p{lv}" for lv in levels]
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(2, 60, 2, generator=g) * torch.tensor([150.0, 120.0])
+    wh = torch.exp(torch.rand(2, 60, 2, generator=g) * 5)  # 1..150 px: every level gets boxes
+    boxes = torch.cat([xy, xy + wh], 2).clamp(max=torch.tensor([160.0, 128, 160, 128]))
+    boxes[:, :3] = torch.tensor([[0.0, 0, 150, 120], [10, 5, 130, 125], [2, 2, 3, 3]])  # P5-sized and tiny ones
+    reference = model.roi_heads.box_roi_pool
+    assert isinstance(reference, MultiScaleRoIAlign)
+    with torch.no_grad():
+        want = reference({k: feats[k] for k in names}, list(boxes), [(128, 160)] * 2)
+        pool = LevelRoIAlign(levels, detector_settings(arch).canonical_scale)
+        got = pool([feats[k] for k in names], boxes.reshape(-1, 4), torch.arange(2).repeat_interleave(60))
+        assert len(set(pool.level_index(boxes.reshape(-1, 4)).tolist())) == len(levels)
+    assert torch.equal(got, want)
+
+
+def test_roi_graph_matches_the_detector_roi_path() -> None:
+    """The 2-FC RoI graph equals MultiScaleRoIAlign + box head + predictor of the detector on the same boxes;
+    the cascade one equals its own evaluation cascade."""
+    for text in ("64x64/r18_8_11-21-21-21/fpn:P2-P5:16/rpn/2fc:32", TWO_STAGE):
+        arch = parse(text)
+        torch.manual_seed(0)
+        model = build_detector(arch, 5).eval()
+        rpn, roi = detector_graphs(model, arch)
+        x = torch.randn(body_input_shape(arch, 1))
+        boxes = fixed_proposals(arch, 100)
+        with torch.no_grad():
+            maps = rpn.module(x)[: len(pooled_levels(arch))]
+            got = roi.module(*maps, boxes[None])
+            feats = dict(zip([f"p{lv}" for lv in pooled_levels(arch)], maps, strict=True))
+            heads = model.roi_heads
+
+            def pool(props: list[torch.Tensor], heads: object = heads, feats: dict = feats) -> torch.Tensor:
+                return heads.box_roi_pool(feats, props, [(64, 64)])  # type: ignore[attr-defined]
+
+            if isinstance(heads, CascadeRoIHeads):
+                mean_logp, deltas, scored = heads.predict_boxes(pool, [boxes], [(64, 64)])
+                want: tuple[torch.Tensor, ...] = (mean_logp, deltas, scored[0])
+            else:
+                want = heads.box_predictor(heads.box_head(pool([boxes])))
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("text", [ONE_STAGE, TWO_STAGE, TWO_FC_C4, FCOS])
@@ -102,13 +153,14 @@ def test_pieces_run_with_declared_shapes_and_sum_to_the_body(text: str) -> None:
             out = p.module(*p.inputs)
         out = out if isinstance(out, tuple) else (out,)
         assert [tuple(o.shape) for o in out] == [tuple(s) for s in p.output_shapes], p.key
-    # Counts of the pieces add up to the whole body's FLOPs and parameters.
+    # Counts of the pieces add up to the graphs' FLOPs and parameters.
     counts = count_flops(arch, 1, 5)
-    body = network_body(build_detector(arch, 5), arch)
+    graphs = detector_graphs(build_detector(arch, 5), arch)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
-        body(torch.zeros(body_input_shape(arch)))
+        for g in graphs:
+            g.module(*g.example_inputs)
     assert counts.flops == fc.get_total_flops()
-    assert counts.params == count_params(body)
+    assert counts.params == count_params(nn.ModuleList([g.module for g in graphs]))
     assert counts.activation_bytes > 0
 
 
@@ -170,28 +222,30 @@ def test_cascade_training_detaches_between_stages_and_eval_averages_scores() -> 
         assert {tuple(b.tolist()) for b in boxes} == {tuple(p.tolist()) for p in proposals[0]}  # zero deltas
 
 
-def _export_and_compare(text: str, tmp_path) -> None:
+@pytest.mark.parametrize("text", [ONE_STAGE, "64x64/r18_8_11-21-21-21/fpn:P2-P5:16/rpn/2fc:32", TWO_STAGE])
+def test_both_exporters_give_graphs_with_matching_outputs(text: str, tmp_path) -> None:
+    """One-stage, two-stage and cascade: the legacy exporter (the default, 5-10x faster) and the dynamo
+    exporter give graphs whose outputs agree on the same inputs, and match PyTorch."""
+    from smnas_trt.profiling.export import export_onnx
+    from smnas_trt.profiling.spec import BackendSpec
+
     arch = parse(text)
     torch.manual_seed(0)
-    body = network_body(build_detector(arch, 5), arch)
-    x = torch.randn(body_input_shape(arch, 1))
-    path = tmp_path / "body.onnx"
-    torch.onnx.export(body, (x,), str(path), dynamo=True, verbose=False)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
-        ref = body(x)
-    assert len(got) == len(ref)
-    for g, r in zip(got, ref, strict=True):
-        np.testing.assert_allclose(g, r.numpy(), rtol=1e-3, atol=1e-4)
-
-
-def test_dynamo_export_one_stage_body(tmp_path) -> None:
-    _export_and_compare(ONE_STAGE, tmp_path)
-
-
-def test_dynamo_export_two_stage_body_with_roi_align(tmp_path) -> None:
-    _export_and_compare(TWO_STAGE, tmp_path)
+    ort = BackendSpec(threads=1).build()
+    for graph in detector_graphs(build_detector(arch, 5), arch):
+        feeds = {n: t.numpy() for n, t in zip(graph.input_names, graph.example_inputs, strict=True)}
+        with torch.no_grad():
+            want = [t.numpy() for t in graph.module(*graph.example_inputs)]
+        outputs = {}
+        for exporter in ("legacy", "dynamo"):
+            info = export_onnx(graph.module, graph.example_inputs, tmp_path / f"{graph.name}-{exporter}.onnx",
+                               exporter=exporter, input_names=graph.input_names, output_names=graph.output_names)
+            assert info.exporter == exporter and info.output_names == tuple(graph.output_names)
+            with ort.load(info.path) as runner:
+                outputs[exporter] = runner.run(feeds)
+        for legacy, dynamo, ref in zip(outputs["legacy"], outputs["dynamo"], want, strict=True):
+            np.testing.assert_allclose(legacy, dynamo, rtol=1e-5, atol=1e-5, err_msg=f"{text} {graph.name}")
+            np.testing.assert_allclose(legacy, ref, rtol=1e-3, atol=1e-4, err_msg=f"{text} {graph.name}")
 
 
 def _cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
@@ -244,8 +298,6 @@ def test_counts_cover_sampled_paper_archs_on_meta() -> None:
 def test_graph_safe_box_decoding_equals_torchvision() -> None:
     from torchvision.models.detection._utils import BoxCoder
 
-    from smnas_trt.models.body import decode_boxes
-
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(50, 2, generator=g) * 100
     boxes = torch.cat([xy, xy + 1 + torch.rand(50, 2, generator=g) * 50], 1)
@@ -255,16 +307,21 @@ def test_graph_safe_box_decoding_equals_torchvision() -> None:
 
 
 @pytest.mark.gpu
-def test_cascade_body_replays_as_a_cuda_graph() -> None:
-    from smnas_trt.profiling.backends import get_backend, random_inputs
+@pytest.mark.parametrize("graph", ["rpn", "roi"])
+def test_cascade_graphs_replay_as_cuda_graphs(graph: str) -> None:
+    """Static shapes and no host copies: the RoI graph (static pooling, cascade decode) captures too."""
+    from smnas_trt.profiling.backend import random_inputs
+    from smnas_trt.profiling.spec import BackendSpec
     from smnas_trt.profiling.timing import TimingConfig
 
     arch = parse(TWO_STAGE)
-    body = network_body(build_detector(arch, num_classes=3).eval(), arch)
-    x = torch.rand(body_input_shape(arch))
-    eager = get_backend("torch", device="cuda").load_module(body, (x,))
-    graphs = get_backend("torch", device="cuda", cuda_graphs=True).load_module(body, (x,))
+    spec = next(g for g in detector_graphs(build_detector(arch, num_classes=3).eval(), arch) if g.name == graph)
+    eager = BackendSpec(backend="torch", device="cuda").build().load_module(spec.module, spec.example_inputs)
+    graphs = BackendSpec(backend="torch", device="cuda", cuda_graphs=True).build().load_module(
+        spec.module, spec.example_inputs)
     assert graphs.time(TimingConfig.quick()).median_ms > 0  # captured (the stage-to-stage decode included)
     feeds = random_inputs(graphs.inputs, seed=1)  # new data: the replay must read it from the static inputs
+    if graph == "roi":
+        feeds["input_3"] = fixed_proposals(arch, 100)[None].numpy()  # real boxes, not noise in [0, 1)
     for a, b in zip(eager.run(feeds), graphs.run(feeds), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
