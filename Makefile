@@ -22,10 +22,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check smnas_trt tests bench
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check smnas_trt tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy smnas_trt
 
 clean:

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smnas_trt.search import RunStore
 from smnas_trt.search.config import parse_search_config
 from smnas_trt.space.config import BUILTIN_SPACES
 
@@ -61,6 +60,7 @@ def ensure_data(path: Path, scale: Scale) -> Path:
 def ensure_table(path: Path, scale: Scale, backend: str = "ort-cpu", threads: int = 1) -> Path:
     """A latency table of the scale's space from `smnas profile-lut`'s library call (kept if the file exists)."""
     import smnas_trt.models.body as body_pkg
+
     from smnas_trt.profiling.profile import profile_lut
     from smnas_trt.search.latency import arch_body
     from smnas_trt.space import load_space
@@ -105,17 +105,13 @@ def summarise_run(run_dir: Path, cpu_budget_s: float | None = None) -> dict[str,
 
     Rung trainings are replayed in the order they finished, adding up their CPU-seconds; a candidate is on
     the counted front when its top rung finished within the budget (anytime comparison at equal compute)."""
-    from smnas_trt.search import load_frozen_config
+    from smnas_trt.search import RunDir
     from smnas_trt.search.pareto import hypervolume_2d, pareto_front
 
-    cfg = load_frozen_config(run_dir)
-    budget = cfg.latency.budget_ms
-    store = RunStore(run_dir / "run.db", readonly=True)
-    try:
-        cands = {c.arch_id: c for c in store.candidates()}
-        rungs = sorted(store.rung_results(), key=lambda r: r.finished_at)
-    finally:
-        store.close()
+    with RunDir.open(run_dir) as run:
+        budget = run.config.latency.budget_ms
+        cands = {c.arch_id: c for c in run.store.candidates()}
+        rungs = sorted(run.store.rung_results(), key=lambda r: r.finished_at)
     spent = 0.0
     counted = []
     for r in rungs:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from smnas_trt.profiling.lut import open_table
+from smnas_trt.profiling.lut import LatencyTable
 from smnas_trt.profiling.profile import default_hooks, profile_lut, sample_models
 from smnas_trt.profiling.timing import TimingConfig
 from smnas_trt.space import load_space
@@ -60,7 +60,7 @@ def main() -> None:
                     timing=timing, backend_name="torch", backend_opts=opts)  # fmt: skip
         medians = {}
         for name, path in dbs.items():
-            with open_table(path) as table:
+            with LatencyTable.open(path) as table:
                 medians[name] = {r.arch: r.median_ms for r in table.model_rows("network")}
 
     print(f"\n{'arch':<64} {'pass1 ms':>9} {'pass2 ms':>9} {'rel diff':>8} {'torch ms':>9} {'torch/ort':>9}")

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from smnas_trt.cli import app
 from smnas_trt.errors import ArchError, ForeignDeviceError, ProfilingError
 from smnas_trt.profiling.fingerprint import Fingerprint, cpu_fingerprint
-from smnas_trt.profiling.lut import LatencyTable, ModelRecord, open_table, read_model_records, read_module_records
+from smnas_trt.profiling.lut import LatencyTable, ModelRecord, read_model_records
 from smnas_trt.profiling.timing import summarize
 
 ARCHS = [
@@ -49,7 +49,7 @@ def test_write_reopen_resume_no_duplicates(tmp_path: Path) -> None:
     with LatencyTable.create(path, fp()) as table:
         fill(table)
         assert table._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    with open_table(path, fp()) as table:
+    with LatencyTable.open(path, fp()) as table:
         assert table.counts() == {"modules": 3, "models": 4}
         assert table.fingerprint == fp()
         assert table.has("stem:0:c16:128x128") and not table.has("stem:9")
@@ -66,7 +66,7 @@ def test_write_reopen_resume_no_duplicates(tmp_path: Path) -> None:
         assert table.put_model(ARCHS[0], "network", stats(99.0)) is False
         assert table.put_model(ARCHS[0], "end2end", stats(99.0)) is False
         assert table.put_module("neck:new", "neck", {}, stats(2.0)) is True
-    with open_table(path) as table:
+    with LatencyTable.open(path) as table:
         assert table.counts() == {"modules": 4, "models": 4}
         assert table.model(ARCHS[0]).median_ms == pytest.approx(5.0)  # the first measurement stays
     raw = sqlite3.connect(path)
@@ -86,8 +86,9 @@ def test_records_for_the_predictor(tmp_path: Path) -> None:
     assert all(isinstance(m, ModelRecord) and len(m.arch_id) == 10 and m.fingerprint_key == fp().key for m in models)
     assert [m.stats.median_ms for m in models] == pytest.approx([5.0, 6.0, 7.0])
     assert len(read_model_records(path)) == 4
-    assert [m.kind for m in read_module_records(path)] == ["stem", "stage", "stage"]
-    with open_table(path) as table:
+    with LatencyTable.open(path) as table:
+        assert [m.kind for m in table.module_rows()] == ["stem", "stage", "stage"]
+    with LatencyTable.open(path) as table:
         assert table.module_latencies()["stage:1:c16:128x128"] == pytest.approx(2.0)
         assert [m.key for m in table.module_rows("stem")] == ["stem:0:c16:128x128"]
 
@@ -110,18 +111,18 @@ def test_foreign_fingerprint_refused(tmp_path: Path) -> None:
         fill(table)
     other = fp(threads=2)
     with pytest.raises(ForeignDeviceError) as e:
-        open_table(path, other)
+        LatencyTable.open(path, other)
     message = str(e.value)
     assert fp(threads=1).describe() in message and other.describe() in message and "\n" not in message
     with pytest.raises(ForeignDeviceError):
         LatencyTable.create(path, other)
     with pytest.raises(ForeignDeviceError):
         read_model_records(path, fp(threads=1, precision="fp16"))
-    with open_table(path, other, allow_foreign=True) as table:
+    with LatencyTable.open(path, other, allow_foreign=True) as table:
         assert table.counts()["models"] == 4
     with LatencyTable.create(path, other, allow_foreign=True) as table:
         table.put_module("from-other", "stem", {}, stats(1.0))
-    with open_table(path) as table:
+    with LatencyTable.open(path) as table:
         assert table.fingerprint == fp(threads=1)  # the table keeps its own fingerprint ...
         assert table.module("from-other").fingerprint_key == other.key  # ... rows keep theirs
 
@@ -129,7 +130,7 @@ def test_foreign_fingerprint_refused(tmp_path: Path) -> None:
 def test_corrupt_and_non_table_files(tmp_path: Path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not sqlite at all" * 100)
-    for opener in (lambda p: open_table(p), lambda p: LatencyTable.create(p, fp())):
+    for opener in (lambda p: LatencyTable.open(p), lambda p: LatencyTable.create(p, fp())):
         with pytest.raises(ProfilingError, match=r"junk\.db"):
             opener(junk)
     other = tmp_path / "other.db"
@@ -138,14 +139,14 @@ def test_corrupt_and_non_table_files(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with pytest.raises(ProfilingError, match="not a latency table"):
-        open_table(other)
+        LatencyTable.open(other)
     with pytest.raises(ProfilingError, match="not a latency table"):
         LatencyTable.create(other, fp())
     conn = sqlite3.connect(other)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # someone else's file is left as it was
     conn.close()
     with pytest.raises(ProfilingError, match="not found"):
-        open_table(tmp_path / "missing.db")
+        LatencyTable.open(tmp_path / "missing.db")
 
 
 def test_killed_writer_keeps_committed_rows(tmp_path: Path) -> None:
@@ -172,7 +173,7 @@ def test_killed_writer_keeps_committed_rows(tmp_path: Path) -> None:
             break
     os.kill(proc.pid, signal.SIGKILL)  # no cleanup at all: harsher than Ctrl-C
     proc.wait()
-    with open_table(path) as table:
+    with LatencyTable.open(path) as table:
         n = table.counts()["modules"]
         assert n >= 21
         assert [m.key for m in table.module_rows()] == [f"m{i}" for i in range(n)]

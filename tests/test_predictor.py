@@ -301,12 +301,39 @@ def test_cli_fit_eval_predict(tables: tuple[Path, Path], tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval" / REPORT_FILE).read_text())
     assert report["predictor"]["n"] == len(TEST_ARCHS)
-    assert report == json.loads(json.dumps(report_from_csv(tmp_path / "eval" / PREDICTIONS_FILE, 0.9) | {
-        "title": report["title"], "device": report["device"], "predictor_trained_on": len(TRAIN_ARCHS)},
-        default=str).replace("NaN", "null"))
+    recomputed = json.loads(json.dumps(report_from_csv(tmp_path / "eval" / PREDICTIONS_FILE, 0.9),
+                                       default=str).replace("NaN", "null"))
+    assert {k: report[k] for k in recomputed} == recomputed
+    # Tables made without anchors: the report says that drift cannot be measured, and how to add them.
+    assert report["errors"]["drift"] is None and "--resume --anchors" in result.output
     result = runner.invoke(app, ["predictor", "predict", "--predictor", str(out), *TEST_ARCHS[:2]])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 2 and all(" ms  [" in line for line in lines)
     ms = LatencyPredictor.load(out).predict(TEST_ARCHS[:2])[0]
     assert lines[0].split()[0] == f"{ms[0]:.3f}"
+
+
+def test_eval_on_another_runs_table_corrects_for_drift_and_states_the_three_errors(tmp_path: Path) -> None:
+    """Two profile runs (each with its anchors and repeat check): the predictor fitted on the first is scored on
+    the second raw and drift-corrected, with each table's repeat error and the drift between them."""
+    from smnas_trt.predictors.report import format_report
+    from smnas_trt.profiling.profile import profile_lut, sample_models
+    from smnas_trt.space import load_space
+
+    tiny = load_space("tiny")
+    with OnnxCache(tmp_path / "cache") as cache:
+        for name, seed in (("a", 1), ("b", 2)):
+            profile_lut(space=tiny, out=tmp_path / f"{name}.db", spec=BackendSpec(threads=1), timing=QUICK,
+                        archs=sample_models(tiny, 12, seed=seed), cache=cache, anchors=3)
+    predictor, _, _ = fit_predictor(tmp_path / "a.db", tmp_path / "pred", FAST_FIT)
+    assert len(predictor.meta["anchors_ms"]) == 3 and predictor.meta["table_repeat"]["median"] is not None
+    report = evaluate_on_table(predictor, tmp_path / "b.db", exclude=set(load_training_data(tmp_path / "a.db").archs))
+    errors = report["errors"]
+    assert errors["drift"]["n"] == 3 and errors["drift"]["ratio"] > 0
+    assert errors["repeat_train_table"]["median"] is not None and errors["repeat_eval_table"]["median"] is not None
+    assert set(report["predictor_raw"]) >= {"within_10", "mape", "coverage"}
+    text = format_report(report, report["title"])
+    for line in ("predictor (drift-corr.)", "predictor, raw", "measurement repeat error of the predictor's table",
+                 "measurement repeat error of the evaluated table", "drift: 3 anchor models time", "predictor error"):
+        assert line in text

@@ -17,7 +17,7 @@ from smnas_trt.models.graphs import GraphSpec
 from smnas_trt.profiling.backend import Backend, Runner
 from smnas_trt.profiling.backends import OrtCpuBackend
 from smnas_trt.profiling.cache import OnnxCache
-from smnas_trt.profiling.lut import LatencyTable, open_table
+from smnas_trt.profiling.lut import LatencyTable
 from smnas_trt.profiling.profile import (
     TimingJob,
     choose_anchors,
@@ -112,14 +112,14 @@ def test_profile_writes_interrupts_and_resumes(tmp_path: Path, tiny) -> None:
         report = _profile(tiny, out, cache, module_kinds=("stem", "head"), all_structures=False,
                           on_item=stop_after_two)
         assert report.interrupted
-        with open_table(out) as table:
+        with LatencyTable.open(out) as table:
             assert sum(table.counts().values()) == 2  # completed rows survived the interrupt
         with pytest.raises(ProfilingError, match="--resume"):
             _profile(tiny, out, cache)
         report = _profile(tiny, out, cache, module_kinds=("stem", "head"), all_structures=False, resume=True)
         assert not report.interrupted and not report.failures
         assert report.modules_skipped + report.models_skipped == 2  # what the first run finished is kept
-        with open_table(out) as table:
+        with LatencyTable.open(out) as table:
             assert table.counts()["models"] == 3
             kinds = {m.kind for m in table.module_rows()}
             assert kinds == {"stem", "head"}
@@ -138,7 +138,7 @@ def test_two_stage_models_are_timed_as_their_two_graphs(tmp_path: Path, space) -
         report = profile_lut(space=space, out=tmp_path / "lut.db", spec=BackendSpec(threads=1), archs=[arch],
                              timing=QUICK, cache=cache, num_classes=11, anchors=0, repeat_check=False)
     assert not report.failures, report.failures
-    with open_table(tmp_path / "lut.db") as table:
+    with LatencyTable.open(tmp_path / "lut.db") as table:
         [row] = table.model_rows()
     assert set(row.extra["graphs_ms"]) == {"rpn", "roi"} and set(row.extra["onnx_sha256"]) == {"rpn", "roi"}
     assert row.median_ms == pytest.approx(sum(row.extra["graphs_ms"].values()), rel=1e-6)
@@ -214,7 +214,7 @@ def test_repeat_check_and_anchors_are_written_and_resume_retimes_anchors(tmp_pat
         shares = report.split.shares(report.elapsed_s)
         assert set(shares) == {"export", "build", "warm-up", "timed runs", "other"} and sum(shares.values()) == \
             pytest.approx(1.0)
-        with open_table(out) as table:
+        with LatencyTable.open(out) as table:
             anchors = table.anchors()
             [run] = table.runs()
             assert run.kind == "profile" and run.repeat_n == 10 and run.repeat_median == report.repeat_median
@@ -225,7 +225,7 @@ def test_repeat_check_and_anchors_are_written_and_resume_retimes_anchors(tmp_pat
         assert resumed.drift is not None and resumed.drift.n == 3
         assert any(m.startswith("drift: 3 anchor models time") for m in resumed.messages)
     assert _count(out, "anchor_timings") == n_before + 2 * 3  # the resume timed them at its start and end too
-    with open_table(out) as table:
+    with LatencyTable.open(out) as table:
         assert [r.kind for r in table.runs()] == ["profile", "resume"]
 
 
@@ -287,7 +287,7 @@ def test_uniformly_slower_anchors_give_a_drift_of_1_2_and_corrected_predictions(
     assert drift is not None and 1.15 < drift.ratio < 1.27, line
     assert drift.warn and "drift 2" in drift.warning() and "above 5%" in drift.warning()
     assert line == drift.line() and line.startswith("drift: 4 anchor models time 1.")
-    with open_table(out) as table:
+    with LatencyTable.open(out) as table:
         assert table.runs()[-1].kind == "test" and table.runs()[-1].drift == pytest.approx(drift.ratio)
     predictor, _ = LatencyPredictor.fit(load_training_data(out), FitConfig(folds=2, rounds=20, scale_rounds=10,
                                                                            threads=1, use_lut=False, num_classes=11))
@@ -311,7 +311,7 @@ def test_a_table_without_anchors_is_usable_and_says_how_to_add_them(tmp_path: Pa
         assert any("no anchor models" in w and "--resume --anchors" in w for w in resumed.warnings)
         added = _profile(tiny, out, cache, resume=True, repeat_check=False, add_anchors=True)
         assert not added.warnings
-        with open_table(out) as table:
+        with LatencyTable.open(out) as table:
             assert len(table.anchors()) == 8 and table.anchor_reference()
 
 
@@ -357,7 +357,7 @@ def test_an_old_table_gains_the_run_tables_when_written(tmp_path: Path, tiny) ->
         conn.execute("DROP TABLE anchor_timings")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
-    with open_table(out) as table:
+    with LatencyTable.open(out) as table:
         assert table.runs() == [] and table.anchor_reference() == {} and table.repeat_check() is None
     with LatencyTable.create(out, BackendSpec(threads=1).build().fingerprint()) as table:
         assert table.runs() == [] and table.meta("schema_version") == "2"

@@ -73,5 +73,5 @@ def test_report_files_tables_and_reference_verdicts(tmp_path: Path) -> None:
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
-    with pytest.raises(SearchError, match="is not a run directory"):
+    with pytest.raises(SearchError, match=r"report: run .* is not a search run directory"):
         write_report(tmp_path)

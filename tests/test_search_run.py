@@ -133,9 +133,9 @@ def test_tiny_search_completes_with_a_non_dominated_front(env: dict[str, Any], f
     drifts = store.drifts()
     assert [(d["generation"], d["phase"]) for d in drifts] == [(0, "generation"), (1, "generation")]
     assert all(d["ratio"] > 0 and d["anchors"] == 4 for d in drifts)
-    from smnas_trt.profiling.lut import open_table
+    from smnas_trt.profiling.lut import LatencyTable
 
-    with open_table(finished_run / "lut.db") as table:
+    with LatencyTable.open(finished_run / "lut.db") as table:
         assert [r.kind for r in table.runs() if r.drift is not None] == ["search", "search"]
     store.close()
 

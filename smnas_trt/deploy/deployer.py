@@ -116,15 +116,14 @@ def deploy_spec(backend: str = "ort-cpu", precision: str = "fp32", threads: int 
 def targets_from_run(run_dir: str | Path, arch_ids: list[str] | None = None,
                      data_dir: str | Path | None = None) -> list[DeployTarget]:
     """The models to deploy from a search run: its Pareto front, or the given arch ids (prefixes accepted)."""
-    from smnas_trt.search import STORE_FILE, RunStore, is_run_dir, load_frozen_config
+    from smnas_trt.search import RunDir, is_run_dir
 
     run = Path(run_dir)
     if not is_run_dir(run):
         raise DeployError(f"--run {str(run)!r} is not a search run directory (no config.yaml and run.db); "
                           "give the --out folder of smnas search")
-    config = load_frozen_config(run)
-    store = RunStore(run / STORE_FILE, readonly=True)
-    try:
+    with RunDir.open(run) as handle:
+        config, store = handle.config, handle.store
         if arch_ids:
             everything = store.candidates()
             chosen = []
@@ -143,8 +142,6 @@ def targets_from_run(run_dir: str | Path, arch_ids: list[str] | None = None,
                                   f"the budget); let the search finish (smnas search --out {run} --resume) "
                                   "or pass --arch ID")
         drift_of = {d["generation"]: d["ratio"] for d in store.drifts() if d["phase"] == "generation"}
-    finally:
-        store.close()
     lat = config.latency
     targets = []
     for c in chosen:

@@ -124,8 +124,6 @@ def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], out: str
     return PredictResult(out, json_path, drawn, counts, 1000 * seconds / len(files))
 
 
-def read_detections(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,7 @@ pixels (x1, y1, x2, y2) with the dataset's category ids as labels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,6 +22,7 @@ from smnas_trt.deploy.decoder import Decoder
 from smnas_trt.deploy.manifest import check_files, read_manifest
 from smnas_trt.errors import DeployError, SmnasError
 from smnas_trt.models.graphs import GraphSpec, detector_graphs
+from smnas_trt.profiling.backends import torch_threads
 from smnas_trt.profiling.spec import BackendSpec
 from smnas_trt.profiling.timing import HostClock, LatencyStats, TimingConfig, time_runs
 from smnas_trt.space import Arch, parse
@@ -248,18 +248,6 @@ class Detector:
         from smnas_trt.models.graphs import body_input_shape
 
         return body_input_shape(self.arch)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
 
 
 def _as_numpy(x: np.ndarray | torch.Tensor, dtype: str) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from smnas_trt.models.pieces import DEFAULT_NUM_CLASSES, ModulePiece, module_pieces
+from smnas_trt.models.pieces import DEFAULT_NUM_CLASSES, module_pieces
 from smnas_trt.space.arch import Arch
 
 BYTES_PER_ELEMENT = 4  # fp32
@@ -125,10 +125,6 @@ def _flops_and_activations(module: nn.Module, inputs: tuple[torch.Tensor, ...]) 
     return int(counter.get_total_flops()), act
 
 
-def count_piece(piece: ModulePiece) -> PieceCounts:
-    """Params, FLOPs and activation bytes of one piece (any device; leaves the module as it is)."""
-    flops, act = _flops_and_activations(piece.module, piece.inputs)
-    return PieceCounts(count_params(piece.module), flops, act)
 
 
 @lru_cache(maxsize=4096)
@@ -151,9 +147,6 @@ def count_flops(arch: Arch, batch: int = 1, num_classes: int = DEFAULT_NUM_CLASS
     return ArchCounts(arch.canonical, batch, num_classes, tuple(modules))
 
 
-def clear_count_cache() -> None:
-    _piece_cache.clear()
-    count_flops.cache_clear()
 
 
 def time_detector_build(arch: Arch, num_classes: int = DEFAULT_NUM_CLASSES, repeats: int = 3) -> float:

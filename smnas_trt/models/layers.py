@@ -11,7 +11,6 @@ from torchvision.ops.misc import Conv2dNormActivation
 NormFactory = Callable[[int], nn.Module]
 
 WS_EPS = 1e-5
-MAX_GN_GROUPS = 32
 MIN_GN_GROUP_SIZE = 4
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from smnas_trt.errors import PredictorError
+from smnas_trt.predictors.metrics import accuracy, coverage
 from smnas_trt.predictors.predictor import FitConfig, FitResult, LatencyPredictor, TrainingData, load_training_data
 from smnas_trt.predictors.report import predictions_table, write_report
 
@@ -26,7 +27,8 @@ def fit_predictor(lut: str | Path, out: str | Path, config: FitConfig | None = N
                               result.lut_sum, result.flops_linear, result.fold)
     title = f"{result.config.folds}-fold CV on {len(result.archs)} models of {Path(lut).name} ({scope})"
     report = write_report(Path(out) / CV_DIR, preds, result.config.interval, title,
-                          {"fit_seconds": result.seconds, "device": _device(data)})
+                          {"fit_seconds": result.seconds, "device": _device(data),
+                           "errors": {"repeat_train_table": {"median": data.repeat_median, "p90": data.repeat_p90}}})
     return predictor, result, report
 
 
@@ -46,20 +48,31 @@ def evaluate_on_table(predictor: LatencyPredictor, lut: str | Path, out: str | P
     keep = [i for i, a in enumerate(data.archs) if a not in (exclude or set())]
     if not keep:
         raise PredictorError(f"{lut}: no {scope} model timings to evaluate on")
+    anchors_ms, repeat = data.anchors_ms, {"median": data.repeat_median, "p90": data.repeat_p90}
     data = TrainingData([data.archs[i] for i in keep], data.ms[keep], data.fingerprint, data.module_ms, scope,
                         data.source)
     if allow_foreign:
         predictor.add_module_latencies(data.module_ms, None)
     else:
         predictor.add_module_latencies(data.module_ms, data.fingerprint)
-    predicted, lower, upper = predictor.predict_interval(data.archs)
+    # The table was timed in another run than the predictor's: its anchors say how the machine state moved.
+    drift = predictor.drift_to(anchors_ms)
+    raw, raw_lower, raw_upper = predictor.predict_interval(data.archs)
+    predicted, lower, upper = predictor.predict_interval(data.archs, drift)
     X = predictor.features(data.archs)
     names = predictor.featurizer.names
     lut_sum = X[:, names.index("lut_total_ms")] if "lut_total_ms" in names else np.full(len(X), np.nan)
     flops_linear = predictor.flops_baseline.predict(X[:, names.index("total_flops")])
     preds = predictions_table(data.archs, data.ms, predicted, lower, upper, lut_sum, flops_linear)
     title = f"held-out: {len(data.archs)} models of {Path(lut).name} ({scope})"
-    extra = {"device": _device(data), "predictor_trained_on": predictor.meta.get("n_train")}
+    trained = predictor.meta.get("table_repeat") or {}
+    extra = {"device": _device(data), "predictor_trained_on": predictor.meta.get("n_train"),
+             "predictor_raw": {**accuracy(data.ms, raw), "coverage": coverage(data.ms, raw_lower, raw_upper)},
+             "errors": {"repeat_eval_table": repeat, "repeat_train_table": trained,
+                        "drift": drift.to_dict() if drift is not None else None,
+                        "drift_note": drift.line("the evaluated table") if drift is not None else
+                        f"drift cannot be measured: {Path(lut).name} or the predictor's table has no anchors "
+                        "(add them with smnas profile-lut --resume --anchors)"}}
     if out is None:
         from smnas_trt.predictors.report import compute_report
 

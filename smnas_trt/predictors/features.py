@@ -78,7 +78,6 @@ HEAD_NAMES = (*(f"head_{h}" for h in HEADS), "rpn", "head_depth", "head_width", 
               "rpn_act_bytes", "roi_flops", "roi_params", "roi_pooled_bytes")
 STAGE_NAMES = ("blocks", "doublings", "flops", "act_bytes")
 TOTAL_NAMES = ("flops", "params", "act_bytes", "norm_bytes", "layers", "blocks")
-PIECES = ("stem", "neck", "head", "stage1", "stage2", "stage3", "stage4")
 
 
 def family_of(b: Backbone) -> str:

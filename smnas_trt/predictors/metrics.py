@@ -10,8 +10,6 @@ from typing import Any
 import numpy as np
 from scipy.stats import kendalltau
 
-METRIC_NAMES = ("n", "missing", "within_5", "within_10", "mape", "rmse_ms", "kendall_tau")
-
 
 def accuracy(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     """Share within +-5% / +-10% (of the measured value), MAPE (%), RMSE (ms), Kendall tau.

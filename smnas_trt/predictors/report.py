@@ -18,6 +18,7 @@ import numpy as np
 from smnas_trt.errors import PredictorError
 from smnas_trt.fileio import atomic_path, atomic_write_json, atomic_write_text
 from smnas_trt.predictors.metrics import accuracy, coverage
+from smnas_trt.profiling.profile import NOISE_WARN, noise_warning
 
 PREDICTION_COLUMNS = ("arch", "measured_ms", "predicted_ms", "lower_ms", "upper_ms", "lut_sum_ms", "flops_linear_ms",
                       "fold")
@@ -101,16 +102,42 @@ def format_report(report: Mapping[str, Any], title: str) -> str:
     lines = [title, f"{'method':<22}{'n':>6}{'±5%':>8}{'±10%':>8}{'MAPE %':>9}{'RMSE ms':>10}{'tau':>7}"]
     rows = [(report[key], label) for key, _, label in METHODS]
     if "predictor_on_lut_rows" in report:
-        rows.insert(2, (report["predictor_on_lut_rows"], "  predictor, LUT rows"))
+        rows.insert(1, (report["predictor_on_lut_rows"], "  predictor, LUT rows"))
+    if report.get("errors", {}).get("drift") is not None and "predictor_raw" in report:
+        rows[0] = (rows[0][0], "predictor (drift-corr.)")
+        rows.insert(1, (report["predictor_raw"], "predictor, raw"))
     for m, label in rows:
         n = f"{m['n']}" + (f"(-{m['missing']})" if m["missing"] else "")
         lines.append(f"{label:<22}{n:>6}{_pct(m['within_5']):>8}{_pct(m['within_10']):>8}{_num(m['mape'], 2):>9}"
                      f"{_num(m['rmse_ms'], 3):>10}{_num(m['kendall_tau'], 3):>7}")
     lines.append(f"{int(report['interval'] * 100)}% interval coverage: {_pct(report['coverage'])} "
                  f"(median width {_num(report['median_interval_width_pct'], 1)}% of the prediction)")
+    if "predictor_raw" in report and report.get("errors", {}).get("drift") is not None:
+        lines.append(f"  raw (uncorrected) interval coverage: {_pct(report['predictor_raw']['coverage'])}")
     if any(report[key]["missing"] for key, _, _ in METHODS):
         lines.append("(-k): rows without that prediction (LUT sum: the table lacks a piece of the arch), left out")
+    lines += error_lines(report)
     return "\n".join(lines)
+
+
+def error_lines(report: Mapping[str, Any]) -> list[str]:
+    """The three errors apart: each table's own repeat error, the drift between the runs, the predictor's."""
+    errors = report.get("errors") or {}
+    out = []
+    for key, what in (("repeat_train_table", "predictor's table"), ("repeat_eval_table", "evaluated table")):
+        r = errors.get(key)
+        if r is not None:
+            text = "not recorded (a table made before repeat checks)" if r.get("median") is None else \
+                f"median {_pct(r['median'])}, p90 {_pct(r['p90'])}"
+            out.append(f"measurement repeat error of the {what} (its own re-timings): {text}")
+            if r.get("median") is not None and r["median"] > NOISE_WARN:
+                out.append(f"warning: {noise_warning(r['median'])}")
+    if "drift_note" in errors:
+        out.append(errors["drift_note"])
+    if out:
+        out.append(f"predictor error: MAPE {_num(report['predictor']['mape'], 2)}%; it can only be judged against the "
+                   "errors above (a predictor cannot beat its table's repeat error)")
+    return out
 
 
 def _pct(x: float) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from smnas_trt.errors import BackendUnavailableError, ProfilingError
+from smnas_trt.errors import BackendUnavailableError, ProfilingError, first_line
 from smnas_trt.profiling.backend import (
     ONNX_TYPE_TO_NUMPY,
     Backend,
@@ -126,8 +126,7 @@ class OrtCpuBackend(Backend):
         try:
             return ort.InferenceSession(str(path), sess_options=self.session_options(), providers=self.providers())
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ProfilingError(f"{path}: ONNX Runtime cannot load it: {first_line}") from e
+            raise ProfilingError(f"{path}: ONNX Runtime cannot load it: {first_line(e)}") from e
 
     def load(self, onnx_path: str | Path) -> Runner:
         path = check_onnx_path(onnx_path)
@@ -200,13 +199,14 @@ def _flatten(obj: Any) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` inside the block (None: left as they are), restored after."""
     import torch
 
-    if threads is None:
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
         yield
         return
-    before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         yield
@@ -256,7 +256,7 @@ class TorchRunner(Runner):
         import torch
 
         self.set_inputs(feeds)
-        with _torch_threads(self.backend.threads), torch.inference_mode():
+        with torch_threads(self.backend.threads), torch.inference_mode():
             if self._graph is not None:  # once captured, run what is timed: a replay on the static inputs
                 self._graph.replay()
                 outputs = self._graph_outputs
@@ -284,7 +284,7 @@ class TorchRunner(Runner):
     def time(self, config: TimingConfig | None = None) -> LatencyStats:
         import torch
 
-        with _torch_threads(self.backend.threads), torch.inference_mode():
+        with torch_threads(self.backend.threads), torch.inference_mode():
             step: Callable[[], object] = self._forward
             if self.backend.cuda_graphs:
                 step = self._graph.replay if self._graph is not None else self._capture_graph()

@@ -106,6 +106,3 @@ class OnnxCache:
                            input_names=input_names, output_names=output_names)
         atomic_write_json(path.with_suffix(".json"), {"key": key, "info": info.as_dict()})
         return info
-
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.glob("*.onnx"))

@@ -31,7 +31,7 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from smnas_trt.errors import ForeignDeviceError, ProfilingError
 from smnas_trt.fileio import atomic_write_text
@@ -40,7 +40,6 @@ from smnas_trt.profiling.timing import LatencyStats
 
 SCHEMA_VERSION = 2  # 2: timing runs and anchors
 SCOPES = ("network", "end2end")
-Scope = Literal["network", "end2end"]
 STAT_COLUMNS = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "n")
 
 _SCHEMA = f"""
@@ -536,11 +535,6 @@ class LatencyTable:
         return n
 
 
-def open_table(
-    path: str | Path, fingerprint: Fingerprint | None = None, *, allow_foreign: bool = False
-) -> LatencyTable:
-    """Read-only LatencyTable; refuses a foreign fingerprint unless allow_foreign (see LatencyTable.open)."""
-    return LatencyTable.open(path, fingerprint, allow_foreign=allow_foreign)
 
 
 def read_model_records(
@@ -550,9 +544,3 @@ def read_model_records(
     with LatencyTable.open(path, fingerprint, allow_foreign=allow_foreign) as table:
         return table.model_rows(scope)
 
-
-def read_module_records(
-    path: str | Path, fingerprint: Fingerprint | None = None, *, allow_foreign: bool = False
-) -> list[ModuleRecord]:
-    with LatencyTable.open(path, fingerprint, allow_foreign=allow_foreign) as table:
-        return table.module_rows()

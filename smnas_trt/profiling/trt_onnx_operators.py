@@ -10,7 +10,6 @@ SOURCE_REPO = "onnx/onnx-tensorrt"
 SOURCE_PATH = "docs/operators.md"
 SOURCE_COMMIT = "96e781103cfc4adf4a6bb557e94bac8e693f6f4c"
 SOURCE_RELEASE = "ONNX-TensorRT 10.1 GA"
-TENSORRT_VERSION = "10.x"
 OPSET_RANGE = (9, 20)
 
 OPERATORS: dict[str, tuple[bool, tuple[str, ...], str]] = {

@@ -9,11 +9,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from smnas_trt.errors import SearchError
 from smnas_trt.fileio import atomic_path, atomic_write_text
-from smnas_trt.search.engine import STORE_FILE, is_run_dir, load_frozen_config
+from smnas_trt.search.engine import RunDir
 from smnas_trt.search.pareto import Point, dominates, hypervolume_2d
-from smnas_trt.search.store import Candidate, Generation, Reference, RungResult, RunStore
+from smnas_trt.search.store import Candidate, Generation, Reference, RungResult
 
 REPORT_DIR = "report"
 STAGE_COLOURS = {"structural": "tab:blue", "modular": "tab:green", "random": "tab:purple"}
@@ -48,18 +47,13 @@ def reference_verdicts(front: list[Candidate], refs: list[Reference]) -> list[Re
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> ReportFiles:
     run = Path(run_dir)
-    if not is_run_dir(run):
-        raise SearchError(f"report: {str(run)!r} is not a run directory (no config.yaml and run.db)")
-    config = load_frozen_config(run)
-    store = RunStore(run / STORE_FILE, readonly=True)
-    try:
+    with RunDir.open(run, what="report: run") as handle:
+        config, store = handle.config, handle.store
         cands = store.candidates()
         front = store.front()
         gens = store.generations()
         refs = store.references()
         rungs = store.rung_results()
-    finally:
-        store.close()
     folder = Path(out_dir) if out_dir else run / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     budget = config.latency.budget_ms

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from smnas_trt.errors import ConfigError
+from smnas_trt.errors import ConfigError, first_line
 from smnas_trt.predictors.predictor import FitConfig
 from smnas_trt.profiling.spec import DEFAULT_THREADS, BackendName, BackendSpec, Precision
 from smnas_trt.profiling.timing import TimingConfig
@@ -296,7 +296,7 @@ def load_search_config(path_or_name: str | Path, overrides: dict[str, Any] | Non
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from None
     if isinstance(raw, dict) and overrides:
         raw = apply_overrides(raw, overrides)
     return parse_search_config(raw, str(path))

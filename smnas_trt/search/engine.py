@@ -26,13 +26,15 @@ import json
 import math
 import random
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from smnas_trt.errors import ArchError, ConfigError, DataError, SearchError
+from smnas_trt.errors import ArchError, ConfigError, DataError, SearchError, first_line
 from smnas_trt.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from smnas_trt.profiling.cache import default_onnx_cache
 from smnas_trt.profiling.drift import Drift
@@ -45,11 +47,13 @@ from smnas_trt.search.progress import SearchProgress
 from smnas_trt.search.store import Candidate, Generation, RunStore, Screened
 from smnas_trt.search.tasks import (
     CANDIDATE_DIR,
+    DriftJob,
     TimeJob,
     TimeOutcome,
     TrainJob,
     TrainOutcome,
     candidate_seed,
+    measure_drift,
     time_candidate,
     train_candidate,
 )
@@ -197,7 +201,7 @@ class Search:
                     predictor = self.predictor_for(g)
                     st = self.config.stage(stage)
                     if self.config.latency.drift and self._recorded_drift(g) is None:
-                        self.measure_drift(g, "generation")
+                        self._measure_drift(g, "generation")
                     self.progress.start_generation(g, stage, sum(st.promoted_to(r) for r in range(len(st.rungs))))
                     if gen is None:
                         self.plan(g, stage, predictor)
@@ -375,14 +379,14 @@ class Search:
         r = rows[-1]
         return Drift(r["ratio"], r["spread"], r["anchors"], {})
 
-    def measure_drift(self, g: int, phase: str) -> None:
+    def _measure_drift(self, g: int, phase: str) -> None:
         """Time the table's anchors now: this run's machine state against the table's, recorded in the run
         store and the run's table; predictions from here on are corrected by it (see profiling/drift.py)."""
         lat = self.config.latency
-        job = latency.DriftJob(str(self.table), lat.spec().model_dump(), lat.timing.model_dump(), lat.passes,
+        job = DriftJob(str(self.table), lat.spec().model_dump(), lat.timing.model_dump(), lat.passes,
                                str(default_onnx_cache()))
         assert self.executor is not None
-        [(_, res)] = list(self.executor.run(latency.measure_drift, [job], parallel=False, use_gpu=self._times_on_gpu))
+        [(_, res)] = list(self.executor.run(measure_drift, [job], parallel=False, use_gpu=self._times_on_gpu))
         if isinstance(res, BaseException):
             self.progress.note(f"[yellow]drift not measured: {_describe(res)}[/]")
             return
@@ -450,7 +454,7 @@ class Search:
         if not cands:
             return
         if self.config.latency.drift:
-            self.measure_drift(g, "trained")
+            self._measure_drift(g, "trained")
         for cand, outcome in zip(cands, self._time(cands), strict=True):
             if isinstance(outcome, TimeOutcome):
                 self.store.update(cand.arch_id, measured_ms=outcome.ms, latency_json=json.dumps(outcome.stats),
@@ -514,16 +518,38 @@ class Search:
         return hv
 
 
+@dataclass
+class RunDir:
+    """A run directory opened for reading (report, deploy) or writing (the search): its frozen config and store.
+
+        with RunDir.open("runs/demo") as run:
+            front = run.store.front()
+    """
+
+    path: Path
+    config: SearchConfig
+    store: RunStore
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: str | Path, readonly: bool = True, what: str = "run") -> Iterator[RunDir]:
+        """`what` names the option in the message when `path` is no run directory (e.g. --run)."""
+        run = Path(path)
+        if not is_run_dir(run):
+            raise SearchError(f"{what} {str(run)!r} is not a search run directory (no {CONFIG_FILE} and "
+                              f"{STORE_FILE}); give the --out folder of smnas search")
+        config = load_frozen_config(run)
+        store = RunStore(run / STORE_FILE, readonly=readonly)
+        try:
+            yield cls(run, config, store)
+        finally:
+            store.close()
+
+
 def load_front(run_dir: str | Path) -> list[Candidate]:
     """The recorded Pareto front of a run (fastest first); `checkpoint` is relative to `run_dir`."""
-    run = Path(run_dir)
-    if not is_run_dir(run):
-        raise SearchError(f"run: {str(run)!r} is not a run directory (no {CONFIG_FILE} and {STORE_FILE})")
-    store = RunStore(run / STORE_FILE, readonly=True)
-    try:
-        return store.front()
-    finally:
-        store.close()
+    with RunDir.open(run_dir) as run:
+        return run.store.front()
 
 
 def front_entry(c: Candidate) -> dict[str, Any]:
@@ -567,8 +593,7 @@ def _filled(cands: list[Candidate]) -> int:
 
 
 def _describe(err: Any) -> str:
-    text = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
-    return text.splitlines()[0][:300] if text else type(err).__name__
+    return first_line(err) if isinstance(err, BaseException) else str(err).strip().split("\n")[0][:300]
 
 
 def _relative(path: str, root: Path) -> str:

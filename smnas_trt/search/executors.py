@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol, TypeVar
 
-from smnas_trt.errors import ConfigError, SearchError, SmnasError
+from smnas_trt.errors import ConfigError, SearchError, SmnasError, first_line
 from smnas_trt.search.config import ExecutorConfig
 
 J = TypeVar("J")
@@ -154,9 +154,6 @@ class LocalExecutor:
         self.threads_per_task = threads_per_task
         self.gpus = gpus
         self._context = multiprocessing.get_context("spawn")
-        # Workers inherit this environment when they start, before their torch loads OpenMP: sleep rather
-        # than spin in barriers, so workers side by side on few cores do not steal each other's time.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     @classmethod
     def from_config(cls, config: ExecutorConfig, cpus: int | None = None, gpus: int | None = None) -> LocalExecutor:
@@ -253,7 +250,7 @@ class RayExecutor:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError) as e:
                 raise SearchError(f"executor: cannot reach Ray at {config.address or 'a local cluster'} "
-                                  f"({str(e).splitlines()[0]})") from None
+                                  f"({first_line(e)})") from None
             self._owns_cluster = True
         resources = ray.cluster_resources()
         self.cluster_gpus = float(resources.get("GPU", 0.0))

@@ -1,21 +1,18 @@
-"""The search's links to the profiling layer (latency table, real-backend timing, drift) and the predictor.
+"""The search's links to the latency table and the predictor (the timing jobs themselves are in `tasks.py`).
 
-`time_arch` (export one arch's graphs and time them on the configured backend, the same jobs
-`smnas profile-lut` runs), `measure_drift` (the run's machine state against its table, from the
-table's anchors), `add_timing` (put a timing into the run's table, in the table's machine state),
-`fit_predictor` / `load_predictor`, plus `fastest_in_table`, `copy_table` and `check_device` for the
-run directory's setup.
+`add_timing` (put a timing into the run's table, in the table's machine state), `fit_predictor` /
+`load_predictor`, plus `fastest_in_table`, `table_num_classes`, `copy_table` and `check_device` for
+the run directory's setup.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from smnas_trt.search.config import LatencyConfig
-from smnas_trt.search.tasks import TimeJob, TimeOutcome
+from smnas_trt.search.tasks import TimeOutcome
 
 if TYPE_CHECKING:
     # `predict(archs, drift) -> (ms, uncertainty ms)` (half-width of the calibrated 90% interval) and `save(folder)`.
@@ -75,57 +72,6 @@ def add_timing(table: str | Path, outcome: TimeOutcome, cfg: LatencyConfig, drif
     with LatencyTable.create(table, Fingerprint.from_json(rec["fingerprint"]),
                              allow_foreign=cfg.allow_foreign_device) as lut:
         lut.put_model(rec["arch"], rec["scope"], stats, extra)
-
-
-# ---------------------------------------------------------------------------------------------- timing
-def time_arch(job: TimeJob) -> TimeOutcome:
-    """Export the arch's graphs (those `smnas deploy` ships) and time them, as `profile-lut` does.
-
-    Weights do not change latency, so a freshly initialised detector is timed."""
-    from smnas_trt.errors import ProfilingError
-    from smnas_trt.profiling.cache import OnnxCache
-    from smnas_trt.profiling.profile import model_job, time_jobs
-    from smnas_trt.profiling.spec import BackendSpec
-    from smnas_trt.profiling.timing import TimingConfig
-    from smnas_trt.space import parse
-
-    if job.scope != "network":
-        raise ProfilingError(f"latency.scope: the search times the network scope only so far, not {job.scope!r}")
-    spec = BackendSpec.model_validate(job.spec)
-    backend = spec.build()
-    timing = TimingConfig.model_validate(job.timing)
-    with OnnxCache(job.onnx_cache) as cache:
-        [result] = list(time_jobs(backend, [model_job(parse(job.arch), job.num_classes, spec.batch, spec.precision,
-                                                      "legacy")], timing, cache, job.passes))
-    if result.stats is None:
-        raise ProfilingError(f"timing {job.arch}: {result.error}")
-    stats = result.stats.as_dict()
-    record = {"arch": job.arch, "scope": job.scope, "stats": stats, "extra": result.extra,
-              "fingerprint": backend.fingerprint().to_json()}
-    return TimeOutcome(job.arch_id, float(result.stats.median_ms), stats, record)
-
-
-@dataclass(frozen=True)
-class DriftJob:
-    """Time the anchors of `table` on this worker's backend (plain values, for any executor)."""
-
-    table: str
-    spec: dict[str, Any]
-    timing: dict[str, Any] = field(default_factory=dict)
-    passes: int = 1
-    onnx_cache: str | None = None
-
-
-def measure_drift(job: DriftJob) -> tuple[Drift | None, str]:
-    """(this run's drift against the table, one line saying what was measured or why not); recorded in the table."""
-    from smnas_trt.profiling.cache import OnnxCache
-    from smnas_trt.profiling.profile import measure_drift as measure
-    from smnas_trt.profiling.spec import BackendSpec
-    from smnas_trt.profiling.timing import TimingConfig
-
-    backend = BackendSpec.model_validate(job.spec).build()
-    with OnnxCache(job.onnx_cache) as cache:
-        return measure(backend, job.table, TimingConfig.model_validate(job.timing), cache, "search", job.passes)
 
 
 # ---------------------------------------------------------------------------------------------- predictor

@@ -40,7 +40,6 @@ SCHEMA_VERSION = 2  # 2: successive-halving rungs
 
 STATUSES = ("planned", "timed", "training", "waiting", "promoted", "trained", "done", "over_budget", "stopped",
             "failed")
-FINAL_STATUSES = ("done", "over_budget", "stopped", "failed")
 DECISIONS = ("promoted", "stopped", "top")
 
 SCHEMA = """

@@ -1,5 +1,5 @@
-"""The search's narrow links to the rest of the toolkit: train+evaluate one candidate, time one
-candidate on the real backend, and the latency table / predictor calls.
+"""The search's jobs, run by any executor: train+evaluate one candidate, time one candidate on the real
+backend (the graphs and jobs `smnas profile-lut` uses), and time the latency table's anchors (drift).
 
 Jobs and outcomes are small frozen dataclasses of plain values so that a Ray worker can run
 `train_candidate` / `time_candidate` anywhere the package is installed.
@@ -12,7 +12,10 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smnas_trt.profiling.drift import Drift
 
 CANDIDATE_DIR = "candidates"
 
@@ -101,7 +104,51 @@ def train_candidate(job: TrainJob) -> TrainOutcome:
 
 
 def time_candidate(job: TimeJob) -> TimeOutcome:
-    """Export the arch and time it on the real backend (weights do not change latency)."""
-    from smnas_trt.search.latency import time_arch
+    """Export the arch's graphs (those `smnas deploy` ships) and time them, as `profile-lut` does.
 
-    return time_arch(job)
+    Weights do not change latency, so a freshly initialised detector is timed."""
+    from smnas_trt.errors import ProfilingError
+    from smnas_trt.profiling.cache import OnnxCache
+    from smnas_trt.profiling.profile import model_job, time_jobs
+    from smnas_trt.profiling.spec import BackendSpec
+    from smnas_trt.profiling.timing import TimingConfig
+    from smnas_trt.space import parse
+
+    if job.scope != "network":
+        raise ProfilingError(f"latency.scope: the search times the network scope only so far, not {job.scope!r}")
+    spec = BackendSpec.model_validate(job.spec)
+    backend = spec.build()
+    timing = TimingConfig.model_validate(job.timing)
+    with OnnxCache(job.onnx_cache) as cache:
+        [result] = list(time_jobs(backend, [model_job(parse(job.arch), job.num_classes, spec.batch, spec.precision,
+                                                      "legacy")], timing, cache, job.passes))
+    if result.stats is None:
+        raise ProfilingError(f"timing {job.arch}: {result.error}")
+    stats = result.stats.as_dict()
+    record = {"arch": job.arch, "scope": job.scope, "stats": stats, "extra": result.extra,
+              "fingerprint": backend.fingerprint().to_json()}
+    return TimeOutcome(job.arch_id, float(result.stats.median_ms), stats, record)
+
+
+@dataclass(frozen=True)
+class DriftJob:
+    """Time the anchors of `table` on this worker's backend (plain values, for any executor)."""
+
+    table: str
+    spec: dict[str, Any]
+    timing: dict[str, Any] = field(default_factory=dict)
+    passes: int = 1
+    onnx_cache: str | None = None
+
+
+def measure_drift(job: DriftJob) -> tuple[Drift | None, str]:
+    """(this run's drift against the table, one line saying what was measured or why not); recorded in the table."""
+    from smnas_trt.profiling.cache import OnnxCache
+    from smnas_trt.profiling.profile import measure_drift as measure
+    from smnas_trt.profiling.spec import BackendSpec
+    from smnas_trt.profiling.timing import TimingConfig
+
+    backend = BackendSpec.model_validate(job.spec).build()
+    with OnnxCache(job.onnx_cache) as cache:
+        return measure(backend, job.table, TimingConfig.model_validate(job.timing), cache, "search", job.passes)
+
