@@ -357,3 +357,40 @@ def test_tensorrt_deploy_fp16(trained: tuple[Path, Path], tmp_path: Path) -> Non
     assert m["verification"]["passed"] and m["fingerprint"]["device_kind"] == "cuda"
     with Detector.load(folder) as det:
         assert len(det.predict(data / "val" / "000001.png").boxes) > 0
+
+
+@pytest.mark.parametrize("arch_text", ["64x64/r18_16_11-21-21-21/fpn:P3-P5:16/none/fcos:1x16", ARCH,
+                                       "64x64/r18_16_11-21-21-21/fpn:P3-P5:16/rpn/cascade2:32"])
+def test_deploy_ships_the_graphs_profile_lut_times(arch_text: str, trained: tuple[Path, Path],
+                                                   tmp_path: Path) -> None:
+    """One-stage, two-stage and cascade: with the same weights, the ONNX files `smnas deploy` writes are the
+    very files the profiler's timing jobs export (same SHA-256), and they give the same outputs."""
+    from smnas_trt.models.graphs import detector_graphs
+    from smnas_trt.profiling.cache import OnnxCache
+    from smnas_trt.profiling.export import DEFAULT_EXPORTER
+    from smnas_trt.training import TrainConfig, load_trained, train_arch
+
+    data, ckpt = trained
+    if arch_text != ARCH:
+        torch.manual_seed(1)
+        ckpt = train_arch(arch_text, data, tmp_path / "train", TrainConfig(epochs=1, batch_size=4, warmup_iters=1,
+                                                                            progress=False)).checkpoint
+    target = target_from_checkpoint(ckpt, data)
+    result = deploy_models([target], DeployOptions(out=tmp_path / "out", spec=deploy_spec("ort-cpu", threads=1),
+                                                   verify_images=1, timing=QUICK))
+    assert not result.failed, result.models[0].error
+    manifest = read_manifest(tmp_path / "out" / target.arch_id)
+    model, _ = load_trained(ckpt)
+    graphs = detector_graphs(model, model.arch)
+    backend = deploy_spec("ort-cpu", threads=1).build()
+    with OnnxCache(tmp_path / "cache") as cache:
+        for graph in graphs:  # exactly what profile-lut's and the search's timing jobs export
+            info = cache.export(f"test|{graph.name}", graph.module, graph.example_inputs, exporter=DEFAULT_EXPORTER,
+                                precision="fp32", input_names=graph.input_names, output_names=graph.output_names)
+            shipped = tmp_path / "out" / target.arch_id / f"{graph.name}.onnx"
+            assert manifest["files"][shipped.name]["sha256"] == info.sha256 == sha256_file(shipped)
+            feeds = {n: t.numpy() for n, t in zip(graph.input_names, graph.example_inputs, strict=True)}
+            with backend.load(info.path) as timed, backend.load(shipped) as deployed_runner:
+                for a, b in zip(timed.run(feeds), deployed_runner.run(feeds), strict=True):
+                    np.testing.assert_array_equal(a, b)
+    assert [g["name"] for g in manifest["graphs"]] == [g.name for g in graphs]
