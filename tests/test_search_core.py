@@ -264,3 +264,38 @@ def test_promotion_picks_the_non_dominated_set_within_budget() -> None:
     assert set(promote(points, 5, budget)[3:]) == {1, 5} and promote(points, 6, budget)[-1] == 4
     # Nothing within the budget: the over-budget points still fill the slots, fastest front first.
     assert promote([(11.0, 0.2), (12.0, 0.1)], 1, budget) == [0]
+
+
+# ---------------------------------------------------------------------------------------------- config (reliability)
+def test_misspelt_search_fields_are_named_with_the_closest_field(tmp_path: Path) -> None:
+    """The shared one-line helper names unknown fields first, not the required field a typo leaves missing."""
+    raw = _raw(tmp_path)
+    raw["latency"]["budgetms"] = raw["latency"].pop("budget_ms")
+    raw["gate"] = {"oversmpling": 3}
+    with pytest.raises(ConfigError) as e:
+        parse_search_config(raw, "search.yaml")
+    assert str(e.value) == ("search.yaml: latency.budgetms: unknown field (did you mean budget_ms?); "
+                            "gate.oversmpling: unknown field (did you mean oversampling?)")
+    raw = _raw(tmp_path)
+    raw["lat"] = raw.pop("latency")
+    with pytest.raises(ConfigError) as e:
+        parse_search_config(raw, "search.yaml")
+    assert str(e.value) == "search.yaml: lat: unknown field (did you mean latency?)"
+
+
+# Found by tests/test_fuzz_inputs.py (Hypothesis) and NOT fixed on this branch: both fixes belong in
+# smnas_trt/search/config.py, which is being refactored elsewhere (see the branch's report).
+@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
+                   reason="load_search_config reads with read_text(); should use space.config.read_yaml")
+def test_search_yaml_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_bytes(b"\x80" + b"name: demo\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_search_config(path)
+
+
+@pytest.mark.xfail(strict=True, reason="training overrides are checked by key only; values fail when a candidate "
+                                       "trains (TrainConfig)")
+def test_search_training_values_are_checked_when_the_config_loads(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch_size"):
+        parse_search_config(_raw(tmp_path, training={"batch_size": None}))

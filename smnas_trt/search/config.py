@@ -275,7 +275,7 @@ def parse_search_config(raw: Any, source: str = "config", base: Path | None = No
     try:
         return SearchConfig.model_validate(_resolve(raw, base or Path.cwd()))
     except ValidationError as e:
-        raise ConfigError(f"{source}: {pydantic_error_line(e)}") from None
+        raise ConfigError(f"{source}: {pydantic_error_line(e, SearchConfig)}") from None
 
 
 def load_search_config(path_or_name: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
