@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
+from smnas_trt.checks import check_field_types
 from smnas_trt.errors import ProfilingError
 
 
@@ -34,6 +35,7 @@ class TimingConfig:
     budget_s: float = 1.0
 
     def __post_init__(self) -> None:
+        check_field_types(self, ProfilingError, "timing")
         if self.warmup_runs < 0 or self.warmup_s < 0:
             raise ProfilingError("timing: warmup_runs and warmup_s must be >= 0")
         if self.min_runs < 1 or self.max_runs < self.min_runs:
