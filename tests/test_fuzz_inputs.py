@@ -78,7 +78,7 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.di
 
 def _numbers_near(v: float) -> list[Any]:
     out = [0, -1, 1, -v, math.nan, math.inf, -math.inf, 1e308, 2**63, 10**40, 10**400, str(v), True]
-    return out + [v * 1000, v + 0.5] if abs(v) < 1e300 else out
+    return [*out, v * 1000, v + 0.5] if abs(v) < 1e300 else out
 
 
 def _slots(obj: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
