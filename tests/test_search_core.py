@@ -299,3 +299,13 @@ def test_search_yaml_that_is_not_utf8(tmp_path: Path) -> None:
 def test_search_training_values_are_checked_when_the_config_loads(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="batch_size"):
         parse_search_config(_raw(tmp_path, training={"batch_size": None}))
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason="generations have no upper bound (Field(ge=0) only)")
+def test_search_generations_have_an_upper_bound(tmp_path: Path) -> None:
+    """Found by Hypothesis (slow profile): structural.generations 2**63 loads, then stage_plan() overflows."""
+    try:
+        config = parse_search_config(_raw(tmp_path, structural={"generations": 2**63}))
+    except ConfigError:
+        return
+    config.stage_plan()
