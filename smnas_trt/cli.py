@@ -7,6 +7,7 @@ import sys
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from smnas_trt.errors import SmnasError
 from smnas_trt.profiling.export import DEFAULT_EXPORTER, EXPORTERS
@@ -24,12 +25,18 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def print_error(console: Console, message: str) -> None:
+    """`error: MESSAGE` on one line. The message quotes user input, so it is a Text, never parsed as rich
+    markup or emoji codes (`[/x]` in an arch string raised MarkupError; `:smile:` became an emoji)."""
+    console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, with no traceback."""
     try:
         app(standalone_mode=False)
     except SmnasError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        print_error(err_console, str(e))
         sys.exit(2)
     except ValidationError as e:  # a typed config built from options: name the field, like any other input error
         from smnas_trt.space.config import pydantic_error_line
@@ -247,7 +254,7 @@ def profile_lut_cmd(
     if archs:
         arch_list, bad = read_arch_file(archs, search_space)
         for line in bad:
-            err_console.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("skipped", "yellow"), " ", line), highlight=False, soft_wrap=True)
     timing = TimingConfig(min_runs=min_runs, max_runs=max(min_runs, 1000), budget_s=budget_s)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
@@ -264,9 +271,9 @@ def profile_lut_cmd(
     for message in report.messages:
         console.print(message, highlight=False)
     for failure in report.failures:
-        err_console.print(f"[red]failed[/] {failure}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("failed", "red"), " ", str(failure)), highlight=False, soft_wrap=True)
     for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("warning:", "yellow"), " ", warning), highlight=False, soft_wrap=True)
     console.print(
         f"{out}: {report.modules_timed} modules and {report.models_timed} models timed, "
         f"{report.modules_skipped + report.models_skipped} already there, {len(report.failures)} failed; "
@@ -295,23 +302,23 @@ def predictor_fit_cmd(
     no_lut_features: bool = typer.Option(False, "--no-lut-features", help="Leave out the LUT-sum features."),
     num_classes: int = typer.Option(81, help="Classes of the timed detectors (profile-lut's --num-classes)."),
     threads: int = typer.Option(2, help="XGBoost threads."),
-    allow_foreign_device: bool = typer.Option(False, help="Accept a table measured on another device."),
 ) -> None:
     """Fit the predictor on a table's whole-model timings; print the CV report against both baselines.
 
-    Writes OUT/predictor.json, OUT/mean.ubj, OUT/scale.ubj, OUT/modules.json and OUT/cv/ (predictions.csv,
-    report.json, scatter.png).
+    The table may have been measured on any device (fit offline what a GPU box measured); the predictor
+    then serves that device only, and the command says which one. Writes OUT/predictor.json, OUT/mean.ubj,
+    OUT/scale.ubj, OUT/modules.json and OUT/cv/ (predictions.csv, report.json, scatter.png).
 
     Example: smnas predictor fit --lut lut.db --out predictor/ --folds 5
     """
-    from smnas_trt.predictors import FitConfig, fit_predictor
+    from smnas_trt.predictors import FitConfig, device_note, fit_predictor
     from smnas_trt.predictors.report import format_report
 
     config = FitConfig(folds=folds, seed=seed, search=search, interval=interval, use_lut=not no_lut_features,
                        num_classes=num_classes, threads=threads)
     with console.status("fitting") as status:
-        predictor, _, report = fit_predictor(lut, out, config, scope, allow_foreign_device,
-                                             progress=lambda step: status.update(step))
+        predictor, _, report = fit_predictor(lut, out, config, scope, progress=lambda step: status.update(step))
+    typer.echo(device_note(predictor, lut))
     typer.echo(predictor.describe())
     typer.echo(format_report(report, report["title"]))
     typer.echo(f"wrote {out} (report, predictions and scatter plot in {out}/cv/)")
@@ -323,10 +330,12 @@ def predictor_eval_cmd(
     lut: str = typer.Option(..., "--lut", help="Latency table with timings the predictor never saw."),
     out: str = typer.Option(None, "--out", "-o", help="Folder for predictions.csv, report.json, scatter.png."),
     scope: str = typer.Option(None, help="Timing scope (default: the predictor's)."),
-    allow_foreign_device: bool = typer.Option(False, help="Accept a table measured on another device."),
+    allow_foreign_device: bool = typer.Option(
+        False, help="Score on a table measured on another device than the predictor's (refused otherwise)."),
 ) -> None:
     """Score a fitted predictor on another table's timings, side by side with both baselines.
 
+    The table must come from the device the predictor was fitted for, unless --allow-foreign-device.
     Archs the predictor was trained on are skipped. Example: smnas predictor eval --predictor predictor/ --lut other.db
     """
     from pathlib import Path

@@ -52,3 +52,9 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     if isinstance(error, SmnasError):
         return text or type(error).__name__
     return (f"{type(error).__name__}: {text}" if text else type(error).__name__)[:limit]
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """repr() cut to `limit` characters: messages that echo input stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

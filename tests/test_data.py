@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -117,22 +118,118 @@ def test_bad_annotation_files(demo: Path, tmp_path: Path) -> None:
         load_annotations(ann)
 
 
-def test_degenerate_boxes_are_skipped_and_counted(demo: Path, tmp_path: Path) -> None:
+def test_bad_boxes_are_counted_per_kind_and_partly_outside_ones_clipped(demo: Path, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     root = _copy(demo, tmp_path)
     ann = root / "instances_val.json"
     n_before = len(json.loads(ann.read_text())["annotations"])
 
     def degrade(d: dict) -> None:  # type: ignore[type-arg]
-        d["annotations"][0]["bbox"][2] = 0.0  # zero width
-        d["annotations"][1]["bbox"] = [500.0, 500.0, 10.0, 10.0]  # entirely outside the image
+        a = d["annotations"]
+        a[0]["bbox"][2] = 0.0  # zero width
+        a[1]["bbox"] = [500.0, 500.0, 10.0, 10.0]  # entirely outside the 128x128 image
+        a[2]["bbox"] = [10.0, 10.0, -5.0, 20.0]  # negative width
+        a[3]["bbox"] = [10.0, float("nan"), 5.0, 20.0]  # non-finite (Python's JSON writes NaN)
+        a[4]["bbox"] = [-8.0, 100.0, 20.0, 50.0]  # partly outside: clipped to [0, 100, 12, 28]
+        a[4].pop("area")
 
     _edit_json(ann, degrade)
-    ds = CocoDetection(root, "val", (64, 64))
-    assert ds.skipped["degenerate_box"] == 2
-    assert len(ds.coco.getAnnIds()) == n_before - 2
+    with caplog.at_level("WARNING", logger="smnas_trt.data.coco"):
+        ds = CocoDetection(root, "val", (64, 64))
+    counts = ds.annotation_counts
+    assert (counts["zero_area"], counts["outside_image"], counts["negative_size"], counts["non_finite"],
+            counts["clipped"]) == (1, 1, 1, 1, 1)
+    assert len(ds.coco.getAnnIds()) == n_before - 4
+    clipped = ds.coco.anns[5]
+    assert clipped["bbox"] == [0.0, 100.0, 12.0, 28.0] and clipped["area"] == 12.0 * 28.0
+    # One log line, from the same counts.
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "4 boxes skipped (1 non-finite, 1 with negative width or height, 1 zero-area" in line
+    assert "1 clipped" in line
     for i in range(len(ds)):
         boxes = ds[i][1]["boxes"]
         assert bool(((boxes[:, 2] - boxes[:, 0]) > 0).all() and ((boxes[:, 3] - boxes[:, 1]) > 0).all())
+        assert bool((boxes >= 0).all() and (boxes <= 64).all())
+
+
+def test_a_split_without_usable_boxes_or_images_is_refused(demo: Path, tmp_path: Path) -> None:
+    root = _copy(demo, tmp_path)
+    ann = root / "instances_val.json"
+    good = ann.read_text()
+
+    def all_bad(d: dict) -> None:  # type: ignore[type-arg]
+        for i, a in enumerate(d["annotations"]):
+            a["bbox"] = [10.0, 10.0, -3.0, 5.0] if i % 3 else [10.0, 10.0, float("inf"), 5.0]
+
+    _edit_json(ann, all_bad)
+    n = len(json.loads(good)["annotations"])
+    n_inf = len(range(0, n, 3))
+    with pytest.raises(DataError) as info:
+        CocoDetection(root, "val", (64, 64))
+    assert str(info.value) == (f"{ann}: no usable box: {n_inf} non-finite, {n - n_inf} with negative width or "
+                               "height")
+    ann.write_text(good)
+    _edit_json(ann, lambda d: d.update(annotations=[]))
+    with pytest.raises(DataError, match="no usable box: the file has no annotations"):
+        CocoDetection(root, "val", (64, 64))
+    ann.write_text(good)
+    _edit_json(ann, lambda d: [a.update(iscrowd=1) for a in d["annotations"]])
+    with pytest.raises(DataError, match=rf"no usable box: {n} crowd \(not trained on\)"):
+        CocoDetection(root, "val", (64, 64))
+    ann.write_text(good)
+    _edit_json(ann, lambda d: d.update(images=[], annotations=[]))
+    with pytest.raises(DataError, match=r"instances_val.json: no images"):
+        load_annotations(ann)
+
+
+# Found by tests/test_fuzz_inputs.py (Hypothesis): each crashed the reader with a TypeError, ValueError,
+# KeyError, OverflowError or AttributeError, or let a box through that later broke training or COCOeval.
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d["annotations"][1].update(bbox=["", 35.0, 14.0, 23.0]), r"annotation 2 has bbox \[''"),
+    (lambda d: d["annotations"][1].update(bbox=["6.0", 20.0, 14.0, 20.0]), r"annotation 2 has bbox \['6.0'"),
+    (lambda d: d["annotations"][1].update(bbox=[None, 0.0, 5.0, 8.0]), "annotation 2 has bbox"),
+    (lambda d: d["annotations"][1].update(bbox=[False, 20.0, 14.0, 20.0]), "annotation 2 has bbox"),
+    (lambda d: d["annotations"][1].update(category_id=[]), r"annotation 2 has category_id \[\]"),
+    (lambda d: d["annotations"][1].update(image_id=[]), r"annotation 2 points at image id \[\]"),
+    (lambda d: d["annotations"][1].update(id=[]), r"annotation .* needs an integer id"),
+    (lambda d: d["annotations"][1].pop("id"), r"annotation .* needs an integer id"),
+    (lambda d: d["annotations"][1].update(area="big"), "annotation 2 has area 'big'"),
+    (lambda d: d["annotations"][1].update(iscrowd="yes"), "annotation 2 has iscrowd 'yes'"),
+    (lambda d: d["categories"][0].update(id=float("inf")), "category entry .* needs an integer id"),
+    (lambda d: d["categories"][0].update(id=5.5), "category entry .* needs an integer id"),
+    (lambda d: d["categories"].__setitem__(0, 7), "category entry 7 needs an integer id"),
+    (lambda d: d["annotations"].__setitem__(0, 7), "annotation entry 7 is not an object"),
+    (lambda d: d["images"][0].update(file_name=5), "image entry .* needs an integer id, a file_name"),
+    (lambda d: d["images"][0].update(width=float("nan")), "image entry .* integer width and height"),
+    (lambda d: d["images"].append(dict(d["images"][0])), "image id 1 appears twice"),
+    (lambda d: d["annotations"].append(dict(d["annotations"][0])), "annotation id 1 appears twice"),
+])
+def test_malformed_entries_are_one_line_errors(demo: Path, tmp_path: Path, edit: Any, message: str) -> None:
+    root = _copy(demo, tmp_path)
+    _edit_json(root / "instances_val.json", edit)
+    with pytest.raises(DataError, match=message) as info:
+        CocoDetection(root, "val", (64, 64))
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_null_area_is_recomputed_from_the_box(demo: Path, tmp_path: Path) -> None:
+    """Found by Hypothesis: `"area": null` was kept and made COCOeval compare None with numbers."""
+    root = _copy(demo, tmp_path)
+    _edit_json(root / "instances_val.json", lambda d: d["annotations"][1].update(area=None))
+    ann = CocoDetection(root, "val", (64, 64)).coco.anns[2]
+    assert ann["area"] == ann["bbox"][2] * ann["bbox"][3]
+
+
+def test_json_numbers_beyond_python_limits_are_one_line_errors(demo: Path, tmp_path: Path) -> None:
+    root = _copy(demo, tmp_path)
+    ann = root / "instances_val.json"
+    ann.write_text(ann.read_text().replace('"width": 128', '"width": ' + "1" * 5000, 1))
+    with pytest.raises(DataError, match="invalid JSON"):
+        CocoDetection(root, "val", (64, 64))
+    # An integer too large for a float is a non-finite box, not an OverflowError.
+    root = _copy(demo, tmp_path / "again")
+    _edit_json(root / "instances_val.json", lambda d: d["annotations"][0].update(bbox=[1, 2, 10**400, 5]))
+    assert CocoDetection(root, "val", (64, 64)).annotation_counts["non_finite"] == 1
 
 
 def test_non_contiguous_categories_map_to_contiguous_labels(demo: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -394,3 +395,31 @@ def test_deploy_ships_the_graphs_profile_lut_times(arch_text: str, trained: tupl
                 for a, b in zip(timed.run(feeds), deployed_runner.run(feeds), strict=True):
                     np.testing.assert_array_equal(a, b)
     assert [g["name"] for g in manifest["graphs"]] == [g.name for g in graphs]
+
+
+# Found by tests/test_fuzz_inputs.py (Hypothesis): each made read_manifest, check_files or the index raise
+# ValueError, TypeError, KeyError, AttributeError or OverflowError instead of a one-line DeployError.
+# `f` is the name of the model's first file.
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m, f: m.update(version="abc"), "manifest version 'abc'"),
+    (lambda m, f: m.update(files=5), "files is not a list of files"),
+    (lambda m, f: m["files"].update({f: 5}), "needs sha256 and bytes"),
+    (lambda m, f: m["files"][f].pop("sha256"), "needs sha256 and bytes"),
+    (lambda m, f: m["files"][f].pop("bytes"), "needs sha256 and bytes"),
+    (lambda m, f: m["files"].update({"../x": m["files"].pop(f)}), "file name '../x'"),
+    (lambda m, f: m.update(latency=5), "latency is not an object"),
+    (lambda m, f: m["latency"].update(network=5), "latency.network"),
+    (lambda m, f: m["latency"]["network"].update(median_ms="fast"), "latency.network"),
+    (lambda m, f: m.update(ap=[1]), "fingerprint, ap or ap50"),
+    (lambda m, f: m.update(ap=10**400), "fingerprint, ap or ap50"),
+    (lambda m, f: m.update(arch_id="0123456789"), "is not the id of its arch"),
+])
+def test_damaged_manifests_are_one_line_errors(deployed: Path, tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / deployed.name
+    shutil.copytree(deployed, folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    edit(manifest, next(iter(manifest["files"])))
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DeployError, match=re.escape(message)) as info:
+        read_manifest(folder)
+    assert len(str(info.value).splitlines()) == 1

@@ -209,3 +209,68 @@ def test_cli_reports_bad_file_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "junk.db" in done.stderr and "Traceback" not in done.stderr
     assert time.time() - t0 < 30
+
+
+# Found by tests/test_fuzz_inputs.py (Hypothesis) on damaged copies of a table: each escaped as an sqlite3,
+# IndexError or UnicodeDecodeError, or as a message of several lines.
+def _damaged_copy(tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path / "lut.db"
+    if not path.exists():
+        with LatencyTable.create(path, fp()) as table:
+            fill(table)
+    data = path.read_bytes()
+    damaged = tmp_path / "damaged.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{damaged}{suffix}").unlink(missing_ok=True)
+    damaged.write_bytes(edit(data))
+    return damaged
+
+
+def _read_everything(path: Path) -> None:
+    with LatencyTable.open(path) as table:
+        table.model_rows()
+        table.module_rows()
+        table.module_latencies()
+        table.summary()
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    # A data page's header overwritten: "database disk image is malformed" from the first row read.
+    (lambda d: d[:4096 * 3] + b"\xff" * 8 + d[4096 * 3 + 8:], "damaged latency table .*malformed"),
+    # A column renamed inside the stored schema: rows came back without median_ms (IndexError).
+    (lambda d: d.replace(b"median_ms REAL NOT NULL", b"median_mX REAL NOT NULL", 1),
+     r"damaged latency table \((mod(ule|el)_entries|anchor_timings) lacks columns \['median_ms'\]\)"),
+    # The schema statement made unparsable: SQLite's message quotes it over many lines.
+    (lambda d: d.replace(b"CREATE TABLE model_entries (", b'CREATE TABLE model_entries "', 1),
+     "not a readable latency table .*malformed database schema"),
+    # Text that is not UTF-8 in the schema: UnicodeDecodeError.
+    (lambda d: d.replace(b"model_entries_arch_id", b"model_entries_arch_\xff\xfe", 1), "not a readable latency table"),
+])
+def test_damaged_tables_are_one_line_errors(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    damaged = _damaged_copy(tmp_path, edit)
+    with pytest.raises(ProfilingError, match=message) as info:
+        _read_everything(damaged)
+    assert len(str(info.value).splitlines()) == 1 and str(damaged) in str(info.value)
+
+
+def test_rows_with_values_of_the_wrong_type_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "lut.db"
+    with LatencyTable.create(path, fp()) as table:
+        fill(table)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE model_entries SET median_ms = 'fast' WHERE id = 2")
+    conn.close()
+    with pytest.raises(ProfilingError, match=r"damaged latency table \(median_ms 'fast' in a row\)"):
+        read_model_records(path)
+    with LatencyTable.open(path) as table:
+        assert len(table.module_rows()) == 3  # the other table's rows still read
+
+
+def test_a_path_with_uri_characters_opens_the_right_file(tmp_path: Path) -> None:
+    folder = tmp_path / "runs#1?x"
+    folder.mkdir()
+    with LatencyTable.create(folder / "lut.db", fp()) as table:
+        fill(table)
+    with LatencyTable.open(folder / "lut.db") as table:
+        assert len(table.model_rows()) == len(ARCHS) + 1

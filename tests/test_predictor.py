@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from smnas_trt.predictors.report import (
     report_from_csv,
 )
 from smnas_trt.profiling.cache import OnnxCache
+from smnas_trt.profiling.fingerprint import Fingerprint
 from smnas_trt.profiling.lut import LatencyTable
 from smnas_trt.profiling.profile import model_job, piece_config, piece_job, time_jobs
 from smnas_trt.profiling.spec import BackendSpec
@@ -337,3 +341,110 @@ def test_eval_on_another_runs_table_corrects_for_drift_and_states_the_three_erro
     for line in ("predictor (drift-corr.)", "predictor, raw", "measurement repeat error of the predictor's table",
                  "measurement repeat error of the evaluated table", "drift: 3 anchor models time", "predictor error"):
         assert line in text
+
+
+# ------------------------------------------------------------------------------------ foreign devices
+def _foreign_copy(src: Path, dst: Path, device: str) -> Fingerprint:
+    """The rows of a real table under another device's fingerprint (as if measured on another machine)."""
+    with LatencyTable.open(src) as table:
+        other = replace(table.fingerprint, device_name=device, threads=(table.fingerprint.threads or 1) + 7)
+        with LatencyTable.create(dst, other) as out:
+            for row in table.model_rows():
+                out.put_model(row.arch, row.scope, row.stats, row.extra)
+            for module in table.module_rows():
+                out.put_module(module.key, module.kind, module.config, module.stats, module.extra)
+    return other
+
+
+def test_fit_accepts_a_foreign_table_and_says_which_device_it_serves(tables: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """Fitting offline is allowed; eval and the search refuse another device's table unless allowed."""
+    from smnas_trt.search.config import LatencyConfig
+    from smnas_trt.search.latency import load_predictor
+
+    foreign = tmp_path / "gpu_box.db"
+    other = _foreign_copy(tables[0], foreign, "Some GPU Box CPU")
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(app, ["predictor", "fit", "--lut", str(foreign), "--out", str(out), "--folds", "3",
+                                      "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    note = [line for line in result.output.splitlines() if line.startswith(f"{foreign} was measured on")]
+    assert note == [f"{foreign} was measured on {other.describe()}; the predictor serves that device only "
+                    "(predictor eval refuses tables measured elsewhere unless --allow-foreign-device, the search "
+                    "unless latency.allow_foreign_device)"]
+    assert LatencyPredictor.load(out).fingerprint == other
+    # --allow-foreign-device is gone from fit: it never did anything there.
+    assert "--allow-foreign-device" not in CliRunner().invoke(app, ["predictor", "fit", "--help"]).output
+    # eval on this machine's table: refused in one line naming both devices, exit 2; allowed with the flag.
+    smnas = Path(sys.executable).parent / "smnas"
+    proc = subprocess.run([str(smnas), "predictor", "eval", "--predictor", str(out), "--lut", str(tables[1])],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "Some GPU Box CPU" in line and "--allow-foreign-device" in line
+    allowed = CliRunner().invoke(app, ["predictor", "eval", "--predictor", str(out), "--lut", str(tables[1]),
+                                       "--allow-foreign-device"])
+    assert allowed.exit_code == 0, allowed.output
+    # The search loads a predictor against its table the same way.
+    cfg = LatencyConfig(budget_ms=5, lut=str(tables[1]))
+    with pytest.raises(ForeignDeviceError, match="Some GPU Box CPU"):
+        load_predictor(out, cfg)
+    assert load_predictor(out, cfg.model_copy(update={"allow_foreign_device": True})).fingerprint == other
+
+
+# ------------------------------------------------------------------------------------ damaged folders
+# Found by tests/test_fuzz_inputs.py (Hypothesis): each edit of predictor.json raised KeyError, TypeError,
+# ValueError, OverflowError or AttributeError (in load or in describe/predict), or made NaN predictions.
+def _del(*path: str):  # type: ignore[no-untyped-def]
+    def edit(meta: dict) -> None:  # type: ignore[type-arg]
+        node = meta
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_del("prior"), "prior is missing or not an object"),
+    (_del("prior", "coefficients"), "prior needs feature names of the schema"),
+    (_del("n_train"), "n_train None is not a count"),
+    (_del("feature_config"), "feature_config is missing or not an object"),
+    (_del("conformal_quantile"), "conformal_quantile None is not a number"),
+    (lambda m: m["prior"].update(coefficients=m["prior"]["coefficients"][:-1]), "one non-negative coefficient more"),
+    (lambda m: m["prior"].update(coefficients=[{}] * len(m["prior"]["coefficients"])), "prior needs"),
+    (lambda m: m["prior"].update(coefficients=[float("nan")] * len(m["prior"]["coefficients"])), "prior needs"),
+    (lambda m: m["prior"].update(features=5), "prior needs"),
+    (lambda m: m["feature_config"].update(num_classes=float("inf")), "feature config: missing or bad field"),
+    (lambda m: m["cv_metrics"].update(predictor=None), "cv_metrics.predictor is missing or damaged"),
+    (lambda m: m["fit_config"].update(folds="3"), "fit_config: folds must be an integer"),
+    (lambda m: m["fit_config"].update(threads=10**400), "fit_config: threads: need 1 to 1024"),  # XGBoostError
+    (lambda m: m.update(files=5), "'files' must list mean.ubj"),
+])
+def test_damaged_predictor_json_is_one_line_error(fitted: tuple[Path, LatencyPredictor, dict], tmp_path: Path,
+                                                  edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "p"
+    fitted[1].save(out)
+    meta = json.loads((out / "predictor.json").read_text())
+    edit(meta)
+    (out / "predictor.json").write_text(json.dumps(meta))
+    with pytest.raises(PredictorError, match=re.escape(message)) as info:
+        LatencyPredictor.load(out)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_damaged_model_file_with_a_matching_checksum_never_reaches_xgboost(
+        fitted: tuple[Path, LatencyPredictor, dict], tmp_path: Path) -> None:
+    """Found by Hypothesis: XGBoost's loader segfaulted or aborted the process on such a file."""
+    import hashlib
+
+    out = tmp_path / "p"
+    fitted[1].save(out)
+    good = (out / "mean.ubj").read_bytes()
+    meta = json.loads((out / "predictor.json").read_text())
+    for damaged in (good[:747], good[:674], good[:100] + bytes([good[100] ^ 0x10]) + good[101:]):
+        (out / "mean.ubj").write_bytes(damaged)
+        meta["files"]["mean.ubj"] = hashlib.sha256(damaged).hexdigest()
+        (out / "predictor.json").write_text(json.dumps(meta))
+        with pytest.raises(PredictorError, match=r"mean.ubj: not a readable XGBoost model \(") as info:
+            LatencyPredictor.load(out)
+        assert len(str(info.value).splitlines()) == 1

@@ -270,3 +270,46 @@ def test_promotion_picks_the_non_dominated_set_within_budget() -> None:
     assert set(promote(points, 5, budget)[3:]) == {1, 5} and promote(points, 6, budget)[-1] == 4
     # Nothing within the budget: the over-budget points still fill the slots, fastest front first.
     assert promote([(11.0, 0.2), (12.0, 0.1)], 1, budget) == [0]
+
+
+# ---------------------------------------------------------------------------------------------- config (reliability)
+def test_misspelt_search_fields_are_named_with_the_closest_field(tmp_path: Path) -> None:
+    """The shared one-line helper names unknown fields first, not the required field a typo leaves missing."""
+    raw = _raw(tmp_path)
+    raw["latency"]["budgetms"] = raw["latency"].pop("budget_ms")
+    raw["gate"] = {"oversmpling": 3}
+    with pytest.raises(ConfigError) as e:
+        parse_search_config(raw, "search.yaml")
+    assert str(e.value) == ("search.yaml: latency.budgetms: unknown field (did you mean budget_ms?); "
+                            "gate.oversmpling: unknown field (did you mean oversampling?)")
+    raw = _raw(tmp_path)
+    raw["lat"] = raw.pop("latency")
+    with pytest.raises(ConfigError) as e:
+        parse_search_config(raw, "search.yaml")
+    assert str(e.value) == "search.yaml: lat: unknown field (did you mean latency?)"
+
+
+# Found by tests/test_fuzz_inputs.py (Hypothesis) and NOT fixed on this branch: both fixes belong in
+# smnas_trt/search/config.py, which is being refactored elsewhere (see the branch's report).
+def test_search_yaml_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_bytes(b"\x80" + b"name: demo\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_search_config(path)
+
+
+def test_search_training_values_are_checked_when_the_config_loads(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch_size"):
+        parse_search_config(_raw(tmp_path, training={"batch_size": None}))
+
+
+def test_search_generations_have_an_upper_bound(tmp_path: Path) -> None:
+    """Found by Hypothesis (slow profile): structural.generations 2**63 loaded, then stage_plan() overflowed."""
+    with pytest.raises(ConfigError, match=r"structural.generations: Input should be less than or equal to 1000"):
+        parse_search_config(_raw(tmp_path, structural={"generations": 2**63}))
+
+
+def test_search_paths_with_a_nul_byte(tmp_path: Path) -> None:
+    """Found while checking the fuzz finds (not by Hypothesis): Path.resolve raises 'embedded null byte'."""
+    with pytest.raises(ConfigError, match="data"):
+        parse_search_config(_raw(tmp_path, data="a\x00b"))

@@ -1,9 +1,11 @@
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from smnas_trt.errors import ArchError, ConfigError
 from smnas_trt.space import STANDARD_STAGES, SearchSpace, load_space, load_space_config, parse
@@ -206,3 +208,152 @@ def test_cli_sample_and_one_line_errors() -> None:
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "no/such.yaml" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------- bounds
+PAPER_R50 = "r50_64_111-2111-211111-211"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"99999x99999/{PAPER_R50}/fpn:P2-P5:256/rpn/cascade3",
+         "size: 99999x99999 is too large (at most 8192 per side)"),
+        (f"8193x600/{PAPER_R50}/fpn:P2-P5:256/rpn/2fc", "size: 8193x600 is too large (at most 8192 per side)"),
+        (f"800x600/{PAPER_R50}/fpn:P2-P5:4096/rpn/2fc", "neck: FPN channels 4096 is too large (at most 2048)"),
+        (f"800x600/{PAPER_R50}/fpn:P2-P5:256/none/retina:17x256", "depth 17 is too large (at most 16)"),
+        (f"800x600/{PAPER_R50}/fpn:P2-P5:256/none/fcos:4x4096", "width 4096 is too large (at most 2048)"),
+        (f"800x600/{PAPER_R50}/fpn:P2-P5:256/rpn/cascade3:16384", "fc width 16384 is too large (at most 8192)"),
+        ("800x600/r50_1024_111-2111-211111-211/fpn:P2-P5:256/rpn/2fc", "base channels 1024 is too large (at most 512)"),
+        ("800x600/r50_512_2222-2111-211111-211/fpn:P2-P5:256/rpn/2fc",
+         "base 512 doubled 7 times is 65536 channels, too wide (at most 4096 per block)"),
+        ("800x600/r50_64_" + "1" * 62 + "-1-1-1/fpn:P2-P5:256/rpn/2fc", "65 blocks, too many (at most 64)"),
+        ("800x600/x50(256x4d)_64_111-2111-211111-211/fpn:P2-P5:256/rpn/2fc", "at most 128 groups of width 256"),
+        ("800x600/x50(128x256d)_64_111-2111-211111-211/fpn:P2-P5:256/rpn/2fc", "grouped convs, too wide"),
+        ("800x600/mbv2_2.5/fpn:P2-P5:256/rpn/2fc", "width multiplier 2.5 is outside 0.1-2.0"),
+    ],
+)
+def test_gene_upper_bounds_name_the_field_and_the_bound(text: str, message: str) -> None:
+    with pytest.raises(ArchError, match=re.escape(message)) as info:
+        parse(text)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_bounds_keep_every_builtin_space_valid() -> None:
+    """The largest genes of the paper space (and its standard ResNet-101 code) stay inside the bounds."""
+    space = load_space("paper")
+    biggest = space.parse("1333x800/x101(32x4d)_72_111-2111-" + "2" + "1" * 22 + "-211/fpn:P2-P5:384/rpn/cascade3:1024")
+    assert biggest.size.width == 1333
+    assert parse("8192x8192/mbv2_2.0/fpn:P2-P5:2048/none/retina:16x2048").size.height == 8192
+    assert parse("800x600/r50_64_" + "1" * 61 + "-1-1-1/fpn:P2-P5:256/rpn/2fc").backbone.num_blocks == 64
+
+
+# Found by tests/test_fuzz_inputs.py (Hypothesis).
+def test_a_number_of_thousands_of_digits_is_an_arch_error() -> None:
+    """int() refuses 4300+ digits with a ValueError; the parser now says which field cannot be read."""
+    with pytest.raises(ArchError, match=r"^size: cannot parse '1111") as info:
+        parse("1" * 5000 + "x600/r50_64_111-2111-211111-211/fpn:P2-P5:256/rpn/cascade3")
+    assert len(str(info.value)) < 300
+
+
+def test_a_width_multiplier_with_three_decimals_is_refused() -> None:
+    """mbv2_0.125 printed as mbv2_0.12: its canonical string was another arch (and the builder refused it)."""
+    with pytest.raises(ArchError, match="more than two decimals"):
+        parse("128x128/mbv2_0.125/none:C4/none/fcos:2x64")
+    assert str(parse("128x128/mbv2_0.10/none:C4/none/fcos:2x64")) == "128x128/mbv2_0.1/none:C4/none/fcos:2x64"
+
+
+def test_non_ascii_digits_are_not_numbers() -> None:
+    with pytest.raises(ArchError, match=r"^size"):
+        parse("١٢٨x128/mbv2_0.5/none:C4/none/fcos:2x64")
+
+
+def test_cli_describe_refuses_a_too_large_arch_in_one_line() -> None:
+    out = _cli("space", "describe", f"99999x99999/{PAPER_R50}/fpn:P2-P5:256/rpn/cascade3")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["error: size: 99999x99999 is too large (at most 8192 per side)"]
+
+
+def test_cli_prints_messages_that_look_like_markup_verbatim() -> None:
+    """An arch string with `[/x]` in it made rich raise MarkupError (a traceback) instead of the one line."""
+    out = _cli("space", "describe", "[/x]")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: arch: '[/x]' has 2 fields; expected 5: size/backbone/neck/rpn/head, e.g. "
+        "800x600/r50_64_111-2111-211111-211/fpn:P2-P5:256/rpn/cascade3"]
+
+
+# ---------------------------------------------------------------------------------------------- space YAML
+def _space_yaml(tmp_path: Path, edit: object) -> Path:
+    raw = yaml.safe_load(BUILTIN_SPACES["demo"].read_text())
+    edit(raw)  # type: ignore[operator]
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_misspelt_field_is_named_before_the_field_it_leaves_missing(tmp_path: Path) -> None:
+    path = _space_yaml(tmp_path, lambda d: d.update(nmae=d.pop("name")))
+    with pytest.raises(ConfigError) as info:
+        load_space_config(path)
+    assert str(info.value) == f"{path}: nmae: unknown field (did you mean name?)"
+    # Nested, several at once, an optional field, and a real error after them.
+    path = _space_yaml(tmp_path, lambda d: (d["defaults"].update(bsae=d["defaults"].pop("base")),
+                                            d.update(colour="blue", mobilenet_widht=[0.5], fpn_channels=[99999])))
+    with pytest.raises(ConfigError) as info:
+        load_space_config(path)
+    assert str(info.value) == (f"{path}: colour: unknown field; mobilenet_widht: unknown field (did you mean "
+                               "mobilenet_widths?); defaults.bsae: unknown field (did you mean base?); "
+                               "fpn_channels: 99999 is too large (at most 2048)")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d.update(sizes=["99999x99999"]), "sizes: size 99999x99999 is too large (at most 8192 per side)"),
+    (lambda d: d.update(sizes=["0128x128"]), "sizes: size '0128x128' is not WIDTHxHEIGHT"),
+    (lambda d: d.update(base_channels=[16, 1024], defaults={**d["defaults"], "base": 16}),
+     "base_channels: 1024 is too large (at most 512)"),
+    (lambda d: d.update(dense_depths=[1, 2, 40]), "dense_depths: 40 is too large (at most 16)"),
+    (lambda d: d.update(mobilenet_widths=[0.25, 0.35, 0.125]), "more than two decimals"),
+    # Found by Hypothesis: sampling enumerated every split of the block count (OverflowError, MemoryError).
+    (lambda d: d.update(blocks=[5, 10**40]), "blocks: need 4 <= min <= max <= 64"),
+    (lambda d: d.update(blocks=[5, 2**63]), "blocks: need 4 <= min <= max <= 64"),
+    # Found by Hypothesis: structures use the standard codes (3 doublings), which the space then refused.
+    (lambda d: d.update(doublings=0), "doublings: ResNet/ResNeXt structures use the standard codes"),
+    (lambda d: d.update(doublings=9), "doublings: need 0 <= doublings <= the minimum block count 5"),
+    (lambda d: d["defaults"].update(resnext_groups=0), "defaults.resnext_groups: 0 is too small (at least 1)"),
+    (lambda d: d["defaults"].update(resnext_group_width=1), "resnext50: defaults: ResNeXt base 16 x width 1d gives "
+     "zero-width groups"),
+])
+def test_space_options_outside_the_arch_bounds_are_config_errors(tmp_path: Path, edit: object,
+                                                                   message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_space_config(_space_yaml(tmp_path, edit))
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_space_yaml_key_with_a_line_break_stays_one_line(tmp_path: Path) -> None:
+    """Found by Hypothesis: an unknown key "\\r" was printed raw, splitting the message in two."""
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"\r": None}))
+    with pytest.raises(ConfigError) as info:
+        load_space_config(path)
+    assert str(info.value) == f"{path}: '\\r': unknown field; name: Field required"
+
+
+def test_space_yaml_that_is_not_utf8(tmp_path: Path) -> None:
+    """Found by Hypothesis: a flipped first byte raised UnicodeDecodeError."""
+    path = tmp_path / "space.yaml"
+    path.write_bytes(b"\x80" + BUILTIN_SPACES["demo"].read_bytes()[1:])
+    with pytest.raises(ConfigError, match=r"space.yaml: not UTF-8 text \(byte 0\)"):
+        load_space_config(path)
+
+
+def test_large_block_counts_sample_without_enumerating() -> None:
+    config = load_space_config("demo").model_copy(update={"blocks": (60, 64)})
+    space = SearchSpace(config)
+    arch = space.sample_arch(random.Random(0))
+    for _ in range(50):
+        arch = space.sample_arch(random.Random(_))
+        if arch.backbone.kind != "mobilenetv2":
+            assert 60 <= arch.backbone.num_blocks <= 64 and arch.backbone.num_doublings == 3
+            assert space.check(arch) is arch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -174,3 +175,63 @@ def test_training_through_rungs_equals_one_straight_training_bit_for_bit(tmp_pat
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a["scheduler"] == b["scheduler"]
     assert (rung1.ap, rung1.ap50, rung1.metrics) == (straight.ap, straight.ap50, straight.metrics)
+
+
+def test_settings_of_the_wrong_type_are_config_errors() -> None:
+    """Found by Hypothesis via search configs: `batch_size: null` raised a TypeError inside TrainConfig."""
+    from smnas_trt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train config: batch_size must be an integer, got None"):
+        TrainConfig(batch_size=None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="train config: input_size must be"):
+        TrainConfig(input_size=5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="train config: lr must be a number, got True"):
+        TrainConfig(lr=True)
+
+
+# Found by tests/test_fuzz_inputs.py (Hypothesis): each of these raised RuntimeError or a multi-line message.
+def test_checkpoints_that_load_but_do_not_fit_are_one_line_errors(demo: Path, tmp_path: Path) -> None:
+    from smnas_trt.training import train_arch
+    from smnas_trt.training.arch import load_trained
+
+    arch = "64x64/r18_8_11-21-21-21/none:C4/none/fcos:1x16"
+    ckpt = train_arch(arch, demo, tmp_path / "run", TrainConfig(epochs=1, batch_size=2, warmup_iters=1,
+                                                                 progress=False)).checkpoint
+    state = torch.load(ckpt, weights_only=True)
+
+    def broken(name: str, **edits: object) -> Path:
+        path = tmp_path / name
+        torch.save({**state, **edits}, path)
+        return path
+
+    first = next(iter(state["model"]))
+    wrong_shape = broken("shape.pt", model={**state["model"], first: torch.zeros(3)})
+    with pytest.raises(TrainingError, match=rf"do not fit {re.escape(arch)} \(size mismatch for {first}"):
+        load_trained(wrong_shape)
+    with pytest.raises(TrainingError, match="lacks the dataset's categories"):
+        load_trained(broken("meta.pt", meta={**state["meta"], "label_to_cat": None}))
+    with pytest.raises(TrainingError, match="checkpoint field 'epoch' is missing or damaged"):
+        load_checkpoint(broken("epoch.pt", epoch="1"))
+    with pytest.raises(TrainingError, match="the model weights are not all named tensors"):
+        load_checkpoint(broken("weights.pt", model={**state["model"], first: 1.5}))
+    (tmp_path / "pickle.pt").write_bytes(_pickled_object())
+    with pytest.raises(TrainingError, match="holds objects other than tensors and plain values") as info:
+        load_checkpoint(tmp_path / "pickle.pt")
+    assert len(str(info.value).splitlines()) == 1
+    # Resuming from a checkpoint whose optimizer state belongs to another model.
+    torch.save({**state, "optimizer": {"state": {}, "param_groups": []}}, ckpt)
+    with pytest.raises(TrainingError, match=r"cannot resume from .*last.pt: its state does not fit this run"):
+        train_arch(arch, demo, tmp_path / "run", TrainConfig(epochs=1, batch_size=2, warmup_iters=1, progress=False),
+                   resume=True)
+
+
+class _Foreign:
+    """Any class: weights-only loading refuses to rebuild it (torch's message runs over many lines)."""
+
+
+def _pickled_object() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"format": "smnas-checkpoint", "thing": _Foreign()}, buf)
+    return buf.getvalue()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,23 @@ def test_cli_errors_are_one_line(demo: Path, tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "checkpoint not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_train_refuses_a_split_without_usable_boxes(demo: Path, tmp_path: Path) -> None:
+    """Every box rejected: one line naming the file and the counts, exit 2, never a training to AP 0."""
+    bad = tmp_path / "bad"
+    shutil.copytree(demo, bad)
+    ann = bad / "instances_train.json"
+    data = json.loads(ann.read_text())
+    for a in data["annotations"]:
+        a["bbox"][2] = -a["bbox"][2]  # negative width
+    data["annotations"][0]["bbox"][1] = float("nan")
+    ann.write_text(json.dumps(data))
+    n = len(data["annotations"])
+    smnas = Path(sys.executable).parent / "smnas"
+    proc = subprocess.run([str(smnas), "train", "--arch", TINY_ARCH, "--data", str(bad), "--epochs", "1",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {ann}: no usable box: 1 non-finite, {n - 1} with negative width or height"]
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -8,11 +8,15 @@ Training adds a random horizontal flip, except on the demo digits, which are not
 Labels are contiguous ``1..K`` for the K categories sorted by id; 0 is background (torchvision's
 convention), so detectors are built with ``num_classes = K + 1``.
 
-Annotation problems: a truncated/invalid JSON, an annotation pointing at a missing image id, a
+Annotation problems: a truncated/invalid JSON, an entry of the wrong shape (an id that is not an
+integer, a bbox that is not four numbers), an annotation pointing at a missing image id, a
 category outside the list, a missing image file or a size mismatch raise :class:`DataError` with
-one line naming the file and id. Zero-area/degenerate boxes are skipped and counted in
-``dataset.skipped`` (and logged); crowd boxes are left out of training targets but stay in the
-evaluation ground truth, where COCOeval ignores matches to them.
+one line naming the file and id. Unusable boxes are dropped and counted per kind (negative width
+or height, non-finite, entirely outside the image, zero-area); boxes partly outside the image are
+clipped to it and counted as ``clipped``. The counts are returned by :func:`load_annotations`, kept
+in ``dataset.annotation_counts`` and written to one log line. A split with no images, or no usable
+box left, is refused (never trained or scored to an AP of 0). Crowd boxes are left out of training
+targets but stay in the evaluation ground truth, where COCOeval ignores matches to them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -81,11 +85,14 @@ def _read_json(ann_file: Path) -> dict[str, Any]:
     if not ann_file.exists():
         raise DataError(f"annotation file missing: {ann_file}")
     try:
-        data = json.loads(ann_file.read_text())
+        data = json.loads(ann_file.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"truncated or invalid JSON in {ann_file}: {e.msg} at line {e.lineno}") from None
     except UnicodeDecodeError:
         raise DataError(f"annotation file is not UTF-8 JSON: {ann_file}") from None
+    except (ValueError, RecursionError) as e:  # a number of 4300+ digits, nesting too deep for the parser
+        raise DataError(f"invalid JSON in {ann_file}: {(str(e).splitlines() or [type(e).__name__])[0][:80]}") \
+            from None
     if not isinstance(data, dict):
         raise DataError(f"annotation file {ann_file} does not hold a COCO object")
     for key in ("images", "annotations", "categories"):
@@ -94,63 +101,154 @@ def _read_json(ann_file: Path) -> dict[str, Any]:
     return data
 
 
-def _valid_box(ann: dict[str, Any], width: float, height: float) -> bool:
-    bbox = ann.get("bbox")
-    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+# Kinds of dropped boxes, in the order they are tested, with how messages name them.
+BOX_PROBLEMS: dict[str, str] = {
+    "non_finite": "non-finite",
+    "negative_size": "with negative width or height",
+    "zero_area": "zero-area (under one pixel wide or high)",
+    "outside_image": "entirely outside the image",
+}
+CLIPPED = "clipped"  # partly outside the image: kept, clipped to it
+CROWD = "crowd_in_training"  # crowd boxes: kept for evaluation, left out of training targets
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (JSON allows any number of digits)
         return False
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _check_box(bbox: list[float], width: float, height: float) -> tuple[str | None, list[float]]:
+    """(the problem that drops the box, or None; the box clipped to the image) for an xywh box of numbers."""
+    if not all(_finite(v) for v in bbox):
+        return "non_finite", bbox
     x, y, w, h = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
-        return False
-    # Area left after clipping to the image must be positive.
+    if w < 0 or h < 0:
+        return "negative_size", bbox
+    if w < 1 or h < 1:
+        return "zero_area", bbox
     x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
-    return x1 - x0 >= 1.0 and y1 - y0 >= 1.0
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return "outside_image", bbox
+    if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+        return CLIPPED, [x0, y0, x1 - x0, y1 - y0]
+    return None, bbox
+
+
+def describe_counts(counts: Counter[str]) -> str:
+    """`412 with negative width or height, 3 non-finite` (dropped kinds only, in BOX_PROBLEMS order)."""
+    return ", ".join(f"{counts[k]} {name}" for k, name in BOX_PROBLEMS.items() if counts[k])
+
+
+def _images(ann_file: Path, entries: list[Any]) -> dict[int, dict[str, Any]]:
+    images: dict[int, dict[str, Any]] = {}
+    for img in entries:
+        ok = isinstance(img, dict) and _is_int(img.get("id"))
+        ok = ok and isinstance(img.get("file_name"), str) and bool(img["file_name"]) and "\0" not in img["file_name"]
+        ok = ok and all(_is_number(img.get(k)) and _finite(img[k]) and img[k] >= 1 and float(img[k]).is_integer()
+                        for k in ("width", "height"))
+        if not ok:
+            raise DataError(f"{ann_file}: image entry {_show(img)} needs an integer id, a file_name and integer "
+                            "width and height >= 1")
+        if img["id"] in images:
+            raise DataError(f"{ann_file}: image id {img['id']} appears twice in 'images'")
+        images[img["id"]] = img
+    if not images:
+        raise DataError(f"{ann_file}: no images (the 'images' list is empty)")
+    return images
+
+
+def _categories(ann_file: Path, entries: list[Any]) -> list[int]:
+    ids: list[int] = []
+    for cat in entries:
+        if not (isinstance(cat, dict) and _is_int(cat.get("id"))):
+            raise DataError(f"{ann_file}: category entry {_show(cat)} needs an integer id")
+        if cat["id"] in ids:
+            raise DataError(f"{ann_file}: category id {cat['id']} appears twice in 'categories'")
+        ids.append(cat["id"])
+    if not ids:
+        raise DataError(f"{ann_file}: the 'categories' list is empty")
+    return sorted(ids)
 
 
 def load_annotations(ann_file: str | Path) -> tuple[COCO, Counter[str]]:
-    """Load and check a COCO instances file; returns the cleaned ground truth and skip counts.
+    """Load and check a COCO instances file; returns the cleaned ground truth and the box counts.
 
-    Degenerate boxes (missing, non-finite, or under one pixel after clipping) are dropped and
-    counted under ``degenerate_box``; everything else that is inconsistent raises DataError.
+    Counts: the dropped boxes per kind of BOX_PROBLEMS, ``clipped`` (kept, clipped to the image) and
+    ``crowd_in_training``. Raises DataError for an inconsistent file, and for one with no images or
+    no usable (non-crowd) box left, naming the file and the counts.
     """
     ann_file = Path(ann_file)
     data = _read_json(ann_file)
-    images: dict[int, dict[str, Any]] = {}
-    for img in data["images"]:
-        try:
-            images[int(img["id"])] = img
-            _ = img["file_name"], float(img["width"]), float(img["height"])
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{ann_file}: image entry {img!r:.80} needs id, file_name, width, height") from None
-    cat_ids = sorted(int(c["id"]) for c in data["categories"])
-    if not cat_ids:
-        raise DataError(f"{ann_file}: the 'categories' list is empty")
+    images = _images(ann_file, data["images"])
+    cat_ids = _categories(ann_file, data["categories"])
     cat_set = set(cat_ids)
-    skipped: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    seen: set[int] = set()
     kept = []
     for ann in data["annotations"]:
-        ann_id = ann.get("id")
-        image_id = ann.get("image_id")
-        if image_id not in images:
-            raise DataError(f"{ann_file}: annotation {ann_id} points at image id {image_id}, which is not in 'images'")
-        if ann.get("category_id") not in cat_set:
-            raise DataError(f"{ann_file}: annotation {ann_id} has category_id {ann.get('category_id')}, "
+        if not isinstance(ann, dict):
+            raise DataError(f"{ann_file}: annotation entry {_show(ann)} is not an object")
+        ann_id, image_id, category_id = ann.get("id"), ann.get("image_id"), ann.get("category_id")
+        if not _is_int(ann_id):
+            raise DataError(f"{ann_file}: annotation {_show(ann)} needs an integer id")
+        if ann_id in seen:
+            raise DataError(f"{ann_file}: annotation id {ann_id} appears twice")
+        seen.add(ann_id)
+        if not _is_int(image_id) or image_id not in images:
+            raise DataError(f"{ann_file}: annotation {ann_id} points at image id {_show(image_id)}, "
+                            "which is not in 'images'")
+        if not _is_int(category_id) or category_id not in cat_set:
+            raise DataError(f"{ann_file}: annotation {ann_id} has category_id {_show(category_id)}, "
                             f"not in the categories {cat_ids[:20]}{'...' if len(cat_ids) > 20 else ''}")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise DataError(f"{ann_file}: annotation {ann_id} has bbox {_show(bbox)}; expected [x, y, width, height]")
+        crowd = ann.get("iscrowd", 0)
+        if crowd not in (0, 1) or isinstance(crowd, float):
+            raise DataError(f"{ann_file}: annotation {ann_id} has iscrowd {_show(crowd)}; expected 0 or 1")
+        area = ann.get("area")
+        if area is not None and not (_is_number(area) and _finite(area) and area >= 0):
+            raise DataError(f"{ann_file}: annotation {ann_id} has area {_show(area)}; expected a number >= 0")
         img = images[image_id]
-        if not _valid_box(ann, float(img["width"]), float(img["height"])):
-            skipped["degenerate_box"] += 1
+        problem, box = _check_box(bbox, float(img["width"]), float(img["height"]))
+        if problem in BOX_PROBLEMS:
+            counts[problem] += 1
             continue
-        ann = dict(ann)
-        ann.setdefault("iscrowd", 0)
-        ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
-        kept.append(ann)
-    if skipped:
-        log.warning("%s: skipped %d degenerate (zero-area) boxes", ann_file, skipped["degenerate_box"])
+        if problem == CLIPPED:
+            counts[CLIPPED] += 1
+        counts[CROWD] += int(crowd)
+        kept.append({**ann, "bbox": box, "iscrowd": int(crowd),
+                     "area": float(box[2] * box[3]) if area is None else area})
+    dropped = describe_counts(counts)
+    if not any(not a["iscrowd"] for a in kept):
+        why = dropped or ("the file has no annotations" if not data["annotations"] else "")
+        if counts[CROWD]:
+            why += f"{', ' if why else ''}{counts[CROWD]} crowd (not trained on)"
+        raise DataError(f"{ann_file}: no usable box: {why}")
+    if dropped or counts[CLIPPED]:
+        log.warning("%s: %s boxes skipped (%s), %d clipped to the image", ann_file,
+                    sum(counts[k] for k in BOX_PROBLEMS), dropped or "none", counts[CLIPPED])
     data = dict(data, annotations=kept)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
         coco.createIndex()
-    return coco, skipped
+    return coco, counts
 
 
 def to_original_boxes(boxes: torch.Tensor, input_size: Size, orig_size: Size) -> torch.Tensor:
@@ -189,7 +287,7 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
         self.train = train
         # Digits are not mirror-symmetric (a flipped 5 reads as a 2), so the demo data is not flipped.
         self.hflip = (train and not is_demo_dataset(data_dir)) if hflip is None else hflip
-        self.coco, self.skipped = load_annotations(self.files.ann_file)
+        self.coco, self.annotation_counts = load_annotations(self.files.ann_file)
         self.cat_ids: list[int] = sorted(self.coco.getCatIds())
         self.cat_to_label = {cat: i + 1 for i, cat in enumerate(self.cat_ids)}
         cats = self.coco.loadCats(self.cat_ids)
@@ -206,9 +304,6 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
         # small model's CPU training time. Per process (each loader worker fills its own).
         self.cache = cache
         self._pixels: dict[int, torch.Tensor] = {}
-        crowd = sum(1 for a in self.coco.dataset["annotations"] if a.get("iscrowd", 0))
-        if crowd:
-            self.skipped["crowd_in_training"] = crowd
 
     @property
     def num_categories(self) -> int:

@@ -7,6 +7,7 @@ truncated or altered engine is refused with a message naming the file instead of
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of a deployed model folder, checked for its format (not yet its file hashes)."""
+    """The manifest of a deployed model folder, checked for its format and fields (not yet its file hashes)."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
@@ -45,17 +46,110 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DeployError(f"{folder} is not a deployed model (no {MANIFEST}); give a folder written by smnas deploy")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DeployError(f"{path}: not valid JSON ({e}); deploy the model again") from None
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DeployError(f"{path}: not valid JSON ({_first_line(e)}); deploy the model again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DeployError(f"{path} is not an smnas deployed-model manifest")
-    if int(manifest.get("version", 0)) != MANIFEST_VERSION:
-        raise DeployError(f"{path}: manifest version {manifest.get('version')}, this smnas reads {MANIFEST_VERSION}")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise DeployError(f"{path}: manifest version {_short(manifest.get('version'))}, this smnas reads "
+                          f"{MANIFEST_VERSION}")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise DeployError(f"{path}: manifest lacks {', '.join(missing)}; deploy the model again")
+    problem = _schema_problem(manifest)
+    if problem:
+        raise DeployError(f"{path}: damaged manifest ({problem}); deploy the model again")
     return manifest
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).splitlines()
+    return lines[0][:120] if lines else type(e).__name__
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _number_or_none(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _schema_problem(m: dict[str, Any]) -> str | None:
+    """What is wrong with the fields the loader, the runtime and the index read, or None."""
+    from smnas_trt.errors import ArchError
+    from smnas_trt.space import parse
+
+    if not isinstance(m["arch"], str):
+        return "arch is not a string"
+    try:
+        arch_id = parse(m["arch"]).id
+    except ArchError as e:
+        return f"arch does not parse: {e}"
+    if m["arch_id"] != arch_id:
+        return f"arch_id {_short(m['arch_id'])} is not the id of its arch ({arch_id})"
+    if m["status"] not in ("ok", "failed", "pending"):  # pending: written by deploy before verification
+        return f"status {_short(m['status'])}"
+    if not (isinstance(m["backend"], str) and isinstance(m["precision"], str)):
+        return "backend or precision is not a string"
+    files = m["files"]
+    if not isinstance(files, dict) or not files:
+        return "files is not a list of files"
+    for name, entry in files.items():
+        # A plain name in the folder: a path here would make the hash check read files elsewhere.
+        if not name or Path(name).name != name or name in (".", ".."):
+            return f"file name {_short(name)}"
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
+                and isinstance(entry.get("bytes"), int) and not isinstance(entry["bytes"], bool)
+                and entry["bytes"] >= 0):
+            return f"files entry of {_short(name)} needs sha256 and bytes"
+    graphs = m["graphs"]
+    if not (isinstance(graphs, list) and graphs and all(
+            isinstance(g, dict) and isinstance(g.get("name"), str) and _strings(g.get("inputs"))
+            and _strings(g.get("outputs")) and all(g.get(k) is None or g[k] in files for k in ("onnx", "engine"))
+            for g in graphs)):
+        return "graphs needs name, inputs, outputs and files listed in files"
+    sizes = m.get("feature_sizes")
+    if not (isinstance(sizes, list) and all(isinstance(s, list) and len(s) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in s) for s in sizes)):
+        return "feature_sizes is not a list of [height, width]"
+    classes = m["classes"]
+    if not (isinstance(classes, dict) and isinstance(classes.get("label_to_cat"), list)
+            and len(classes["label_to_cat"]) >= 2
+            and all(isinstance(c, int) and not isinstance(c, bool) for c in classes["label_to_cat"])
+            and isinstance(classes.get("names"), dict)
+            and all(k.isdigit() and isinstance(v, str) for k, v in classes["names"].items())):
+        return "classes needs label_to_cat and names"
+    verification = m["verification"]
+    if not (isinstance(verification, dict) and _strings(verification.get("failures", []))
+            and all(_number_or_none(verification.get(k)) for k in ("match_share_iou_0.99", "max_score_diff"))):
+        return "verification"
+    latency = m["latency"]
+    if not isinstance(latency, dict):
+        return "latency is not an object"
+    for scope in ("network", "end2end", "search"):
+        entry = latency.get(scope)
+        if entry is not None and not (isinstance(entry, dict) and all(
+                _number_or_none(entry.get(k)) for k in ("median_ms", "predicted_ms"))):
+            return f"latency.{scope}"
+    if not (isinstance(m["fingerprint"], dict) and all(_number_or_none(m.get(k)) for k in ("ap", "ap50"))):
+        return "fingerprint, ap or ap50"
+    if not (m.get("device") is None or isinstance(m["device"], str)):
+        return "device"
+    return None
 
 
 def check_files(folder: str | Path, manifest: dict[str, Any]) -> None:

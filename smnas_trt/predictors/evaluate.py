@@ -17,10 +17,15 @@ CV_DIR = "cv"  # inside the predictor folder: out-of-fold predictions of the fit
 
 
 def fit_predictor(lut: str | Path, out: str | Path, config: FitConfig | None = None, scope: str = "network",
-                  allow_foreign: bool = False, progress: Callable[[str], None] | None = None
+                  progress: Callable[[str], None] | None = None
                   ) -> tuple[LatencyPredictor, FitResult, dict[str, Any]]:
-    """Fit on a table's whole-model rows, save the predictor to `out`, and write the CV report into `out/cv/`."""
-    data = load_training_data(lut, scope, allow_foreign=allow_foreign)
+    """Fit on a table's whole-model rows, save the predictor to `out`, and write the CV report into `out/cv/`.
+
+    The table may come from any device: fitting offline (on a laptop, a table measured on a GPU box) is a
+    real use. The predictor records the table's fingerprint and serves that device only: evaluation
+    and the search refuse tables measured elsewhere unless told to allow them (see `device_note`).
+    """
+    data = load_training_data(lut, scope)
     predictor, result = LatencyPredictor.fit(data, config, progress)
     predictor.save(out)
     preds = predictions_table(result.archs, result.measured, result.predicted, result.lower, result.upper,
@@ -78,6 +83,14 @@ def evaluate_on_table(predictor: LatencyPredictor, lut: str | Path, out: str | P
 
         return compute_report(preds, predictor.interval, {"title": title, **extra})
     return write_report(out, preds, predictor.interval, title, extra)
+
+
+def device_note(predictor: LatencyPredictor, lut: str | Path) -> str:
+    """One line for `predictor fit`: which device the table was measured on, and what that means."""
+    fp = predictor.fingerprint
+    device = fp.describe() if fp else "an unknown device (the table has no fingerprint)"
+    return (f"{lut} was measured on {device}; the predictor serves that device only (predictor eval refuses "
+            "tables measured elsewhere unless --allow-foreign-device, the search unless latency.allow_foreign_device)")
 
 
 def _device(data: TrainingData) -> str:

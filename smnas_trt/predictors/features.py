@@ -64,9 +64,12 @@ class FeatureConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureConfig:
         try:
-            return cls(int(d["num_classes"]), bool(d["use_lut"]), int(d["schema_version"]))
-        except (KeyError, TypeError, ValueError) as e:
+            config = cls(int(d["num_classes"]), bool(d["use_lut"]), int(d["schema_version"]))
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise PredictorError(f"feature config: missing or bad field ({e}); refit the predictor") from None
+        if config.num_classes < 2:
+            raise PredictorError(f"feature config: num_classes {config.num_classes} must be at least 2")
+        return config
 
 
 STEM_NAMES = ("width", "height", "pixels", *(f"family_{f}" for f in FAMILIES), "depth", "base", "width_mult",

@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from smnas_trt.errors import ForeignDeviceError, PredictorError
+from smnas_trt.errors import ForeignDeviceError, PredictorError, SmnasError
 from smnas_trt.fileio import atomic_dir, atomic_write_bytes, atomic_write_json
 from smnas_trt.predictors.features import SCHEMA_VERSION, FeatureConfig, Featurizer
 from smnas_trt.predictors.metrics import FlopsLinear, accuracy, coverage
@@ -60,6 +60,7 @@ PRIOR_FEATURES = (
 )
 PRIOR_FLOOR_MS = 1e-3  # the prior is clipped here before its log (all-zero coefficients are possible)
 MIN_TRAIN = 10
+MAX_THREADS = 1024
 RESIDUAL_FLOOR = 1e-4  # log-space floor of |residual| for the scale model (0.01%)
 
 # Small grid for `FitConfig.search`: (max_depth, learning_rate, rounds, min_child_weight).
@@ -87,7 +88,7 @@ class FitConfig(BaseModel):
     scale_depth: int = Field(2, ge=1)
     interval: float = Field(0.9, ge=0.5, lt=1)  # coverage of the prediction interval
     search: bool = False  # pick tree settings from SEARCH_GRID by CV MAPE
-    threads: int = Field(2, ge=1)
+    threads: int = Field(2, ge=1, le=MAX_THREADS)  # XGBoost takes nthread as a C int
     use_lut: bool = True  # latency-table sum features
     num_classes: int = Field(81, ge=2)  # classes of the timed detectors (profile-lut's --num-classes)
 
@@ -454,26 +455,37 @@ class LatencyPredictor:
     @classmethod
     def load(cls, path: str | Path, fingerprint: Fingerprint | None = None, allow_foreign: bool = False
              ) -> LatencyPredictor:
-        """Load a saved predictor. With `fingerprint`, refuse one trained on another device (ForeignDeviceError)."""
+        """Load a saved predictor. With `fingerprint`, refuse one trained on another device (ForeignDeviceError).
+
+        Everything read is checked first (checksums, the metadata's fields, the XGBoost files' structure),
+        so a damaged or hand-edited folder is a PredictorError naming the file, not a crash later.
+        """
         import xgboost as xgb
+
+        from smnas_trt.predictors.ubj import check_xgboost_ubj
 
         path = Path(path)
         meta_path = path / META_FILE
         if not meta_path.is_file():
             raise PredictorError(f"{path}: not a predictor folder (no {META_FILE})")
         try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PredictorError(f"{meta_path}: not valid JSON ({e})") from None
+            meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise PredictorError(f"{meta_path}: not valid JSON ({_first_line(e)})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise PredictorError(f"{meta_path}: not an smnas latency predictor (format {found!r})")
+            raise PredictorError(f"{meta_path}: not an smnas latency predictor (format {_short(found)})")
         if meta.get("format_version") != FORMAT_VERSION or meta.get("feature_schema") != SCHEMA_VERSION:
-            raise PredictorError(f"{path}: predictor format {meta.get('format_version')} / feature schema "
-                                 f"{meta.get('feature_schema')}, this smnas reads {FORMAT_VERSION} / {SCHEMA_VERSION}; "
-                                 "refit it (smnas predictor fit)")
+            raise PredictorError(f"{path}: predictor format {_short(meta.get('format_version'))} / feature schema "
+                                 f"{_short(meta.get('feature_schema'))}, this smnas reads {FORMAT_VERSION} / "
+                                 f"{SCHEMA_VERSION}; refit it (smnas predictor fit)")
+        listed = meta.get("files")
+        if not (isinstance(listed, dict) and set(listed) == {MEAN_FILE, SCALE_FILE, MODULES_FILE}
+                and all(isinstance(v, str) for v in listed.values())):
+            raise PredictorError(f"{meta_path}: 'files' must list {MEAN_FILE}, {SCALE_FILE}, {MODULES_FILE} with "
+                                 "their SHA-256")
         files = {}
-        for name, digest in meta.get("files", {}).items():
+        for name, digest in listed.items():
             file = path / name
             if not file.is_file():
                 raise PredictorError(f"{path}: {name} is missing")
@@ -481,23 +493,101 @@ class LatencyPredictor:
             if hashlib.sha256(data).hexdigest() != digest:
                 raise PredictorError(f"{file}: contents do not match the checksum in {META_FILE}")
             files[name] = data
-        if set(files) != {MEAN_FILE, SCALE_FILE, MODULES_FILE}:
-            raise PredictorError(f"{meta_path}: lists files {sorted(files)}, expected {MEAN_FILE}, {SCALE_FILE}, "
-                                 f"{MODULES_FILE}")
-        featurizer = Featurizer(FeatureConfig.from_dict(meta["feature_config"]), json.loads(files[MODULES_FILE]))
+        featurizer = Featurizer(FeatureConfig.from_dict(_field(meta, "feature_config", dict, meta_path)),
+                                _module_latencies(files[MODULES_FILE], path / MODULES_FILE))
         if featurizer.names != meta.get("feature_names"):
             raise PredictorError(f"{path}: its feature names differ from feature schema {SCHEMA_VERSION}; refit it")
+        config = _fit_config(_field(meta, "fit_config", dict, meta_path), meta_path)
+        prior = _field(meta, "prior", dict, meta_path)
+        names, coefficients = prior.get("features"), prior.get("coefficients")
+        if not (isinstance(names, list) and all(isinstance(n, str) and n in featurizer.names for n in names)
+                and isinstance(coefficients, list) and len(coefficients) == len(names) + 1
+                and all(_finite(c) and c >= 0 for c in coefficients)):
+            raise PredictorError(f"{meta_path}: prior needs feature names of the schema and one non-negative "
+                                 "coefficient more than features; refit the predictor")
+        quantile = meta.get("conformal_quantile")
+        if not (_finite(quantile) and quantile >= 0):
+            raise PredictorError(f"{meta_path}: conformal_quantile {_short(quantile)} is not a number >= 0")
+        if meta.get("scope") not in ("network", "end2end"):
+            raise PredictorError(f"{meta_path}: scope {_short(meta.get('scope'))} is not network or end2end")
+        n_train = meta.get("n_train")
+        if not (isinstance(n_train, int) and not isinstance(n_train, bool) and n_train >= 1):
+            raise PredictorError(f"{meta_path}: n_train {_short(n_train)} is not a count")
+        within = (meta.get("cv_metrics") or {}).get("predictor", {}) if isinstance(meta.get("cv_metrics"), dict) \
+            else None
+        if not (isinstance(within, dict) and (within.get("within_10") is None or _finite(within["within_10"]))):
+            raise PredictorError(f"{meta_path}: cv_metrics.predictor is missing or damaged; refit the predictor")
+        baseline = (_field(meta, "baselines", dict, meta_path)).get("flops_linear")
+        if not (isinstance(baseline, dict) and _finite(baseline.get("slope_ms_per_flop"))
+                and _finite(baseline.get("intercept_ms"))):
+            raise PredictorError(f"{meta_path}: baselines.flops_linear needs a finite slope and intercept")
+        fp = meta.get("fingerprint")
+        if fp is not None:
+            try:
+                Fingerprint.from_dict(fp)
+            except SmnasError as e:
+                raise PredictorError(f"{meta_path}: {e}") from None
         mean, scale = xgb.Booster(), xgb.Booster()
-        mean.load_model(bytearray(files[MEAN_FILE]))
-        scale.load_model(bytearray(files[SCALE_FILE]))
-        threads = int(meta["fit_config"].get("threads", 2))
-        for booster in (mean, scale):
-            booster.set_param({"nthread": threads})
-        prior_columns = [featurizer.column(c) for c in meta["prior"]["features"]]
-        core = _Core(np.asarray(meta["prior"]["coefficients"], dtype=np.float64), mean, scale, prior_columns)
-        predictor = cls(core, float(meta["conformal_quantile"]), featurizer, meta)
+        for booster, name in ((mean, MEAN_FILE), (scale, SCALE_FILE)):
+            # XGBoost's loader can crash the process on a damaged model: check the file in Python first.
+            check_xgboost_ubj(files[name], str(path / name))
+            try:
+                booster.load_model(bytearray(files[name]))
+            except (xgb.core.XGBoostError, ValueError) as e:  # its message decoding can fail too
+                raise PredictorError(f"{path / name}: XGBoost cannot read it ({_first_line(e)}); refit the "
+                                     "predictor") from None
+            if booster.num_features() != len(featurizer.names):
+                raise PredictorError(f"{path / name}: a model of {booster.num_features()} features, the schema has "
+                                     f"{len(featurizer.names)}; refit the predictor")
+            booster.set_param({"nthread": config.threads})
+        prior_columns = [featurizer.column(c) for c in names]
+        core = _Core(np.asarray(coefficients, dtype=np.float64), mean, scale, prior_columns)
+        predictor = cls(core, float(quantile), featurizer, meta)
         predictor.check_fingerprint(fingerprint, what="this setup", allow_foreign=allow_foreign)
         return predictor
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).splitlines()
+    return lines[0][:120] if lines else type(e).__name__
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _finite(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _field(meta: dict[str, Any], name: str, kind: type, where: Path) -> Any:
+    value = meta.get(name)
+    if not isinstance(value, kind):
+        raise PredictorError(f"{where}: {name} is missing or not a{'n object' if kind is dict else ' ' + kind.__name__}"
+                             "; refit the predictor")
+    return value
+
+
+def _fit_config(values: dict[str, Any], where: Path) -> FitConfig:
+    from pydantic import ValidationError
+
+    from smnas_trt.space.config import pydantic_error_line
+
+    try:
+        return FitConfig.model_validate({k: v for k, v in values.items() if k in FitConfig.model_fields})
+    except ValidationError as e:
+        raise PredictorError(f"{where}: fit_config: {pydantic_error_line(e).removeprefix('config: ')}") from None
+
+
+def _module_latencies(data: bytes, where: Path) -> dict[str, float]:
+    try:
+        module_ms = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise PredictorError(f"{where}: not valid JSON ({_first_line(e)})") from None
+    if not (isinstance(module_ms, dict) and all(_finite(v) and v >= 0 for v in module_ms.values())):
+        raise PredictorError(f"{where}: expected an object of module keys to latencies in ms")
+    return module_ms
 
 
 def _xgb_version() -> str:

@@ -82,18 +82,33 @@ class Fingerprint:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fingerprint:
+        if not isinstance(d, dict):
+            raise ProfilingError(f"fingerprint: expected an object, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         missing = {"device_kind", "device_name", "backend", "backend_version", "precision", "batch"} - d.keys()
         if missing:
             raise ProfilingError(f"fingerprint: missing fields {sorted(missing)}")
-        return cls(**{k: v for k, v in d.items() if k in names})
+        fp = cls(**{k: v for k, v in d.items() if k in names})
+        # Written by this code, read back from tables and predictors: a wrong type means a damaged file.
+        for name in ("device_kind", "device_name", "backend", "backend_version", "precision"):
+            if not isinstance(getattr(fp, name), str):
+                raise ProfilingError(f"fingerprint: {name} is not text")
+        for name in ("batch", "cores", "threads"):
+            value = getattr(fp, name)
+            if not ((value is None and name != "batch") or (isinstance(value, int) and not isinstance(value, bool))):
+                raise ProfilingError(f"fingerprint: {name} is not an integer")
+        for name in ("compute_capability", "driver", "cuda"):
+            if not (getattr(fp, name) is None or isinstance(getattr(fp, name), str)):
+                raise ProfilingError(f"fingerprint: {name} is not text")
+        return fp
 
     @classmethod
     def from_json(cls, text: str) -> Fingerprint:
         try:
             return cls.from_dict(json.loads(text))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ProfilingError(f"fingerprint: not valid JSON ({e})") from e
+        except (ValueError, TypeError, RecursionError) as e:
+            raise ProfilingError(f"fingerprint: not valid JSON ({str(e).splitlines()[0][:80] if str(e) else e!r})") \
+                from None
 
 
 def check_precision(precision: str) -> str:

@@ -18,7 +18,9 @@ an interrupted profiling run keeps every row it finished; re-running skips keys 
 (`has`, `has_model`) and `INSERT OR IGNORE` makes a duplicate impossible even if it tried.
 
 Readers that pass the fingerprint they expect get ForeignDeviceError (naming both devices) when the
-table was measured elsewhere, unless `allow_foreign=True`.
+table was measured elsewhere, unless `allow_foreign=True`. A damaged file (truncated, overwritten,
+a row whose values are not what was written) raises ProfilingError naming the file, not an
+sqlite3 or JSON error.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sqlite3
 import statistics
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +125,17 @@ class TimingRun:
     note: str | None
 
 
+# Columns the readers use, checked on open: a damaged schema would otherwise fail on the first row.
+_COLUMNS = {
+    "module_entries": {"key", "kind", "config", "fingerprint_key", *STAT_COLUMNS, "extra", "created_at"},
+    "model_entries": {"arch", "arch_id", "scope", "fingerprint_key", *STAT_COLUMNS, "extra", "created_at"},
+    # Schema 2 (absent from older tables, which gain them when written):
+    "timing_runs": {"run_id", "kind", "started_at", "finished_at", "passes", "drift", "drift_spread", "drift_anchors",
+                    "repeat_n", "repeat_median", "repeat_p90", "note"},
+    "anchor_timings": {"run_id", "arch", "phase", "median_ms", "stats", "at"},
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ModuleRecord:
     """One module entry: `key` is the shape key (module config + input shape), `config` its JSON fields."""
@@ -163,6 +180,29 @@ def _check_scope(scope: str) -> str:
     return scope
 
 
+def _damaged(path: Path, what: str) -> ProfilingError:
+    return ProfilingError(f"{path}: damaged latency table ({what}); re-profile it or restore a copy")
+
+
+def _first_line(e: BaseException) -> str:
+    """SQLite messages can quote a whole multi-line schema statement: keep the start of the first line."""
+    lines = str(e).splitlines()
+    return lines[0][:120] if lines else type(e).__name__
+
+
+@contextmanager
+def _sqlite_errors(path: Path) -> Iterator[None]:
+    """sqlite3 errors of a read or write as one ProfilingError naming the file."""
+    try:
+        yield
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # text that is not UTF-8: damaged too
+        raise _damaged(path, _first_line(e)) from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def canonical_arch(arch: Any) -> tuple[str, str]:
     """(canonical string, id) of an Arch or an arch string; bad strings raise ArchError."""
     from smnas_trt.space import parse
@@ -183,13 +223,19 @@ class LatencyTable:
     # ------------------------------------------------------------------------------------------ opening
     @staticmethod
     def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+        # Quoted: a '?' or '#' in the path would otherwise end the file name inside the URI.
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True) if readonly else sqlite3.connect(path)
+            conn = sqlite3.connect(uri, uri=True) if readonly else sqlite3.connect(path)
+        except sqlite3.DatabaseError as e:
+            raise ProfilingError(f"{path}: not a readable latency table ({_first_line(e)})") from None
+        try:
             conn.execute("PRAGMA busy_timeout=10000")
             # Touch the schema: a non-SQLite file fails here, not at the first query.
             conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as e:
-            raise ProfilingError(f"{path}: not a readable latency table ({e})") from e
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # text that is not UTF-8: damaged too
+            conn.close()
+            raise ProfilingError(f"{path}: not a readable latency table ({_first_line(e)})") from None
         return conn
 
     @staticmethod
@@ -202,16 +248,26 @@ class LatencyTable:
                 raise ProfilingError(f"{path}: an SQLite file but not a latency table (tables: {sorted(tables)})")
             row = conn.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
             version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        except sqlite3.DatabaseError as e:
-            raise ProfilingError(f"{path}: not a readable latency table ({e})") from e
+            for table, expected in _COLUMNS.items():
+                if table not in tables:
+                    continue
+                found = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if not expected <= found:
+                    raise _damaged(path, f"{table} lacks columns {sorted(expected - found)}")
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # text that is not UTF-8: damaged too
+            raise ProfilingError(f"{path}: not a readable latency table ({_first_line(e)})") from None
         if row is None:
             raise ProfilingError(f"{path}: latency table has no fingerprint in its meta table")
+        if version is not None and not (isinstance(version[0], str) and version[0].isdigit()):
+            raise _damaged(path, f"schema version {str(version[0])[:20]!r}")
         if version is not None and int(version[0]) > SCHEMA_VERSION:
             raise ProfilingError(f"{path}: table schema {version[0]} is newer than this smnas ({SCHEMA_VERSION})")
+        if not isinstance(row[0], str):
+            raise _damaged(path, "the fingerprint is not text")
         try:
             return Fingerprint.from_json(row[0])
         except ProfilingError as e:
-            raise ProfilingError(f"{path}: {e}") from e
+            raise ProfilingError(f"{path}: {e}") from None
 
     @staticmethod
     def _check_device(path: Path, found: Fingerprint, expected: Fingerprint | None, allow_foreign: bool) -> None:
@@ -272,13 +328,12 @@ class LatencyTable:
         if not path.is_file():
             raise ProfilingError(f"latency table not found: {path}")
         conn = cls._connect(path, readonly=True)
-        found = cls._read_fingerprint(path, conn)
-        if found is None:
-            conn.close()
-            raise ProfilingError(f"{path}: an empty SQLite file, not a latency table")
         try:
+            found = cls._read_fingerprint(path, conn)
+            if found is None:
+                raise ProfilingError(f"{path}: an empty SQLite file, not a latency table")
             cls._check_device(path, found, fingerprint, allow_foreign)
-        except ForeignDeviceError:
+        except ProfilingError:
             conn.close()
             raise
         return cls(path, conn, found, readonly=True)
@@ -298,7 +353,7 @@ class LatencyTable:
     def _insert(self, sql: str, values: tuple[Any, ...]) -> bool:
         if self.readonly:
             raise ProfilingError(f"{self.path}: opened read-only; use LatencyTable.create to write")
-        with self._conn:  # one transaction per row: an interrupted run keeps what it committed
+        with _sqlite_errors(self.path), self._conn:  # one transaction per row: an interrupted run keeps it
             cur = self._conn.execute(sql, values)
         return cur.rowcount == 1
 
@@ -421,23 +476,44 @@ class LatencyTable:
     # ------------------------------------------------------------------------------------------ reading
     def has(self, key: str) -> bool:
         """Whether a module entry with this shape key exists."""
-        return self._conn.execute("SELECT 1 FROM module_entries WHERE key=?", (key,)).fetchone() is not None
+        return bool(self._rows("SELECT 1 FROM module_entries WHERE key=?", (key,)))
 
     def has_model(self, arch: Any, scope: str = "network") -> bool:
         canonical, _ = canonical_arch(arch)
-        row = self._conn.execute(
-            "SELECT 1 FROM model_entries WHERE arch=? AND scope=?", (canonical, _check_scope(scope))
-        ).fetchone()
-        return row is not None
+        sql = "SELECT 1 FROM model_entries WHERE arch=? AND scope=?"
+        return bool(self._rows(sql, (canonical, _check_scope(scope))))
 
-    @staticmethod
-    def _stats(row: sqlite3.Row) -> LatencyStats:
-        return LatencyStats(**{c: row[c] for c in STAT_COLUMNS})
+    def _stats(self, row: sqlite3.Row) -> LatencyStats:
+        values = {c: row[c] for c in STAT_COLUMNS}
+        for name, value in values.items():
+            ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) if name == "n" else (
+                _is_number(value) and value >= 0)
+            if not ok:
+                raise _damaged(self.path, f"{name} {str(value)[:20]!r} in a row")
+        f = {c: float(v) for c, v in values.items() if c != "n"}
+        return LatencyStats(median_ms=f["median_ms"], p10_ms=f["p10_ms"], p90_ms=f["p90_ms"], mean_ms=f["mean_ms"],
+                            std_ms=f["std_ms"], min_ms=f["min_ms"], max_ms=f["max_ms"], n=int(values["n"]))
+
+    def _text(self, row: sqlite3.Row, column: str) -> str:
+        value = row[column]
+        if not isinstance(value, str):
+            raise _damaged(self.path, f"{column} of a row is not text")
+        return value
+
+    def _json(self, row: sqlite3.Row, column: str) -> dict[str, Any]:
+        try:
+            value = json.loads(self._text(row, column))
+        except (ValueError, RecursionError):
+            value = None
+        if not isinstance(value, dict):
+            raise _damaged(self.path, f"{column} of a row is not a JSON object")
+        return value
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        cur = self._conn.cursor()
-        cur.row_factory = sqlite3.Row
-        return cur.execute(sql, params).fetchall()
+        with _sqlite_errors(self.path):
+            cur = self._conn.cursor()
+            cur.row_factory = sqlite3.Row
+            return cur.execute(sql, params).fetchall()
 
     def module(self, key: str) -> ModuleRecord | None:
         rows = self._rows("SELECT * FROM module_entries WHERE key=?", (key,))
@@ -450,24 +526,27 @@ class LatencyTable:
 
     def _module_record(self, row: sqlite3.Row) -> ModuleRecord:
         return ModuleRecord(
-            key=row["key"],
-            kind=row["kind"],
-            config=json.loads(row["config"]),
+            key=self._text(row, "key"),
+            kind=self._text(row, "kind"),
+            config=self._json(row, "config"),
             stats=self._stats(row),
-            fingerprint_key=row["fingerprint_key"],
-            created_at=row["created_at"],
-            extra=json.loads(row["extra"]),
+            fingerprint_key=self._text(row, "fingerprint_key"),
+            created_at=self._text(row, "created_at"),
+            extra=self._json(row, "extra"),
         )
 
     def _model_record(self, row: sqlite3.Row) -> ModelRecord:
+        scope = self._text(row, "scope")
+        if scope not in SCOPES:
+            raise _damaged(self.path, f"scope {scope[:20]!r} in a row")
         return ModelRecord(
-            arch=row["arch"],
-            arch_id=row["arch_id"],
-            scope=row["scope"],
+            arch=self._text(row, "arch"),
+            arch_id=self._text(row, "arch_id"),
+            scope=scope,
             stats=self._stats(row),
-            fingerprint_key=row["fingerprint_key"],
-            created_at=row["created_at"],
-            extra=json.loads(row["extra"]),
+            fingerprint_key=self._text(row, "fingerprint_key"),
+            created_at=self._text(row, "created_at"),
+            extra=self._json(row, "extra"),
         )
 
     def module_rows(self, kind: str | None = None) -> list[ModuleRecord]:
@@ -486,31 +565,39 @@ class LatencyTable:
 
     def module_latencies(self) -> dict[str, float]:
         """Shape key -> median ms, for LUT-sum features."""
-        return dict(self._conn.execute("SELECT key, median_ms FROM module_entries").fetchall())
+        out = {}
+        for row in self._rows("SELECT key, median_ms FROM module_entries"):
+            median = row["median_ms"]
+            if not (_is_number(median) and median >= 0):
+                raise _damaged(self.path, f"median_ms {str(median)[:20]!r} in a row")
+            out[self._text(row, "key")] = float(median)
+        return out
 
     def counts(self) -> dict[str, int]:
         return {
-            "modules": self._conn.execute("SELECT COUNT(*) FROM module_entries").fetchone()[0],
-            "models": self._conn.execute("SELECT COUNT(*) FROM model_entries").fetchone()[0],
+            "modules": self._rows("SELECT COUNT(*) FROM module_entries")[0][0],
+            "models": self._rows("SELECT COUNT(*) FROM model_entries")[0][0],
         }
 
     def summary(self) -> dict[str, Any]:
         """Fingerprint, counts and median-latency ranges by module kind and by model scope."""
 
-        def groups(table: str, column: str) -> dict[str, dict[str, float | int]]:
-            rows = self._conn.execute(
-                f"SELECT {column}, COUNT(*), MIN(median_ms), MAX(median_ms), AVG(median_ms) "
-                f"FROM {table} GROUP BY {column} ORDER BY {column}"
-            ).fetchall()
-            return {r[0]: {"count": r[1], "min_ms": r[2], "max_ms": r[3], "mean_ms": r[4]} for r in rows}
+        def groups(records: list[ModuleRecord] | list[ModelRecord], name: str) -> dict[str, dict[str, float | int]]:
+            # From the checked records, not SQL aggregates: a damaged row is refused, not averaged in.
+            by: dict[str, list[float]] = {}
+            for r in records:
+                by.setdefault(getattr(r, name), []).append(r.median_ms)
+            return {k: {"count": len(v), "min_ms": min(v), "max_ms": max(v), "mean_ms": sum(v) / len(v)}
+                    for k, v in sorted(by.items())}
 
+        modules, models = self.module_rows(), self.model_rows()
         return {
             "path": str(self.path),
             "fingerprint": self.fingerprint.to_dict(),
             "device": self.fingerprint.describe(),
-            "counts": self.counts(),
-            "modules_by_kind": groups("module_entries", "kind"),
-            "models_by_scope": groups("model_entries", "scope"),
+            "counts": {"modules": len(modules), "models": len(models)},
+            "modules_by_kind": groups(modules, "kind"),
+            "models_by_scope": groups(models, "scope"),
         }
 
     def export_csv(self, out: str | Path) -> int:

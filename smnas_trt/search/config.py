@@ -15,12 +15,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from smnas_trt.errors import ConfigError, first_line
+from smnas_trt.errors import ConfigError
 from smnas_trt.predictors.predictor import FitConfig
 from smnas_trt.profiling.spec import DEFAULT_THREADS, BackendName, BackendSpec, Precision
 from smnas_trt.profiling.timing import TimingConfig
 from smnas_trt.space import MUTATIONS
-from smnas_trt.space.config import CONFIG_DIR, pydantic_error_line
+from smnas_trt.space.config import CONFIG_DIR, pydantic_error_line, read_yaml
 from smnas_trt.training.trainer import TrainConfig
 
 # TrainConfig fields the search sets itself (per stage or per candidate), refused under `training:`.
@@ -84,7 +84,7 @@ class StageConfig(_Strict):
     `rungs: [N]` is a plain N-epoch training of `train` candidates.
     """
 
-    generations: int = Field(1, ge=0)
+    generations: int = Field(1, ge=0, le=1000)
     train: int = Field(4, ge=1, description="Candidates trained to the top rung per generation.")
     rungs: tuple[int, ...] = Field((1,), description="Epochs reached at each rung, increasing, e.g. [1, 3, 9].")
     eta: int = Field(3, ge=2, description="1 of every eta candidates at a rung goes on to the next.")
@@ -260,7 +260,12 @@ def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     out = dict(raw)
 
     def fix(value: Any) -> Any:
-        return str((base / value).resolve()) if isinstance(value, str) and value else value
+        if not (isinstance(value, str) and value):
+            return value
+        try:
+            return str((base / value).resolve())
+        except (ValueError, OSError):  # a NUL byte, a loop of links: the field check below names it
+            return value
 
     if "data" in out:
         out["data"] = fix(out["data"])
@@ -284,7 +289,7 @@ def parse_search_config(raw: Any, source: str = "config", base: Path | None = No
     try:
         return SearchConfig.model_validate(_resolve(raw, base or Path.cwd()))
     except ValidationError as e:
-        raise ConfigError(f"{source}: {pydantic_error_line(e)}") from None
+        raise ConfigError(f"{source}: {pydantic_error_line(e, SearchConfig)}") from None
 
 
 def load_search_config(path_or_name: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
@@ -293,10 +298,7 @@ def load_search_config(path_or_name: str | Path, overrides: dict[str, Any] | Non
     if not path.is_file():
         raise ConfigError(f"config: no such file {str(path)!r}; give a YAML path or one of: "
                           f"{', '.join(BUILTIN_SEARCH_CONFIGS)}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from None
+    raw = read_yaml(path)
     if isinstance(raw, dict) and overrides:
         raw = apply_overrides(raw, overrides)
     return parse_search_config(raw, str(path))

@@ -37,6 +37,25 @@ DEFAULT_FC_WIDTH = 1024
 # Output strides of the four backbone stages (C2..C5): stem /4, then strides 1, 2, 2, 2.
 STAGE_STRIDES = (4, 8, 16, 32)
 
+# Upper bounds on genes, whatever the space. The paper space goes up to 1333x800 inputs, FPN 256,
+# fc 1024, base 72 and 33 blocks (ResNet-101); the bounds leave 4-8x headroom over that so any
+# detector someone could train still parses, while a typo (99999x99999, fpn:...:25600) is refused
+# here with the field named instead of failing much later in the builder, the exporter or an
+# out-of-memory kill: at 8192x8192 the stride-4 map of a 256-channel FPN alone is 4 GiB in fp32.
+MIN_SIDE = 32  # the coarsest map (stride 32) must keep at least one cell
+MAX_SIDE = 8192
+MAX_BASE = 512  # channels after the stem (ResNet-50: 64)
+MAX_PLANES = 4096  # inner width of the widest block after the doublings (ResNet-50's last stage: 512)
+MAX_BLOCKS = 64  # blocks over all four stages (ResNet-101: 33, ResNet-152: 50)
+MAX_GROUPS = 128  # ResNeXt cardinality (the common ones: 32x4d, 32x8d, 64x4d)
+MAX_GROUP_WIDTH = 256  # ResNeXt width per group
+MAX_FPN_CHANNELS = 2048
+MAX_DENSE_DEPTH = 16  # conv tower depth of RetinaNet/FCOS heads (standard: 4)
+MAX_DENSE_WIDTH = 2048
+MAX_FC_WIDTH = 8192  # R-CNN box head fc width (standard: 1024)
+MIN_WIDTH = 8  # head widths: GroupNorm needs a few channels per group
+MIN_WIDTH_MULT, MAX_WIDTH_MULT = 0.1, 2.0  # MobileNetV2 width multiplier, two decimals at most
+
 # Standard block layouts: the SM-NAS code of each torchvision ResNet.
 STANDARD_STAGES: dict[int, tuple[str, str, str, str]] = {
     18: ("11", "21", "21", "21"),
@@ -184,9 +203,11 @@ def arch_id(canonical: str) -> str:
 
 def check_arch(a: Arch) -> None:
     """Rules every architecture obeys, whatever the search space. Raises ArchError."""
-    if a.size.width < 32 or a.size.height < 32:
-        raise ArchError(f"size: {a.size} is too small (at least 32x32)")
-    _check_backbone(a.backbone)
+    if a.size.width < MIN_SIDE or a.size.height < MIN_SIDE:
+        raise ArchError(f"size: {a.size} is too small (at least {MIN_SIDE}x{MIN_SIDE})")
+    if a.size.width > MAX_SIDE or a.size.height > MAX_SIDE:
+        raise ArchError(f"size: {a.size} is too large (at most {MAX_SIDE} per side)")
+    check_backbone(a.backbone)
     n = a.neck
     if n.kind == "none":
         if n.min_level != n.max_level or n.min_level not in (4, 5):
@@ -196,6 +217,8 @@ def check_arch(a: Arch) -> None:
             raise ArchError(f"neck: {n} is invalid; FPN levels run from P2..P5 up to P5..P7 (e.g. P2-P5, P3-P7)")
         if n.channels <= 0:
             raise ArchError(f"neck: FPN channels must be positive, got {n.channels}")
+        if n.channels > MAX_FPN_CHANNELS:
+            raise ArchError(f"neck: FPN channels {n.channels} is too large (at most {MAX_FPN_CHANNELS})")
     else:
         raise ArchError(f"neck: unknown kind {n.kind!r}; allowed: none, fpn")
     h = a.head
@@ -208,19 +231,31 @@ def check_arch(a: Arch) -> None:
         raise ArchError(f"rpn: the {h.kind} R-CNN head needs an RPN (set rpn) or use a dense head: retina, fcos")
     if h.kind == "cascade" and h.stages not in (2, 3):
         raise ArchError(f"head: cascade{h.stages} is invalid; allowed: cascade2, cascade3")
-    if h.kind in DENSE_HEADS and (h.depth < 1 or h.width < 8):
-        raise ArchError(f"head: {h} needs depth >= 1 and width >= 8")
-    if h.two_stage and h.width < 8:
-        raise ArchError(f"head: {h} needs an fc width >= 8")
+    if h.kind in DENSE_HEADS:
+        if h.depth < 1 or h.width < MIN_WIDTH:
+            raise ArchError(f"head: {h} needs depth >= 1 and width >= {MIN_WIDTH}")
+        if h.depth > MAX_DENSE_DEPTH:
+            raise ArchError(f"head: {h} depth {h.depth} is too large (at most {MAX_DENSE_DEPTH})")
+        if h.width > MAX_DENSE_WIDTH:
+            raise ArchError(f"head: {h} width {h.width} is too large (at most {MAX_DENSE_WIDTH})")
+    if h.two_stage:
+        if h.width < MIN_WIDTH:
+            raise ArchError(f"head: {h} needs an fc width >= {MIN_WIDTH}")
+        if h.width > MAX_FC_WIDTH:
+            raise ArchError(f"head: {h} fc width {h.width} is too large (at most {MAX_FC_WIDTH})")
 
 
-_STAGES_RE = re.compile(r"^[12]+-[12]+-[12]+-[12]+$")
+_STAGES_RE = re.compile(r"[12]+-[12]+-[12]+-[12]+")
 
 
-def _check_backbone(b: Backbone) -> None:
+def check_backbone(b: Backbone) -> None:
     if b.kind == "mobilenetv2":
-        if not 0.1 <= b.width_mult <= 2.0:
-            raise ArchError(f"backbone: MobileNetV2 width multiplier {b.width_mult} is outside 0.1-2.0")
+        if not MIN_WIDTH_MULT <= b.width_mult <= MAX_WIDTH_MULT:
+            raise ArchError(f"backbone: MobileNetV2 width multiplier {b.width_mult} is outside "
+                            f"{MIN_WIDTH_MULT}-{MAX_WIDTH_MULT}")
+        if round(b.width_mult, 2) != b.width_mult:
+            # The canonical string prints two decimals; more would not survive a round trip.
+            raise ArchError(f"backbone: MobileNetV2 width multiplier {b.width_mult} has more than two decimals")
         return
     depths = RESNET_DEPTHS if b.kind == "resnet" else RESNEXT_DEPTHS
     if b.kind not in ("resnet", "resnext"):
@@ -229,75 +264,101 @@ def _check_backbone(b: Backbone) -> None:
         raise ArchError(f"backbone: depth {b.depth} is not a {b.kind} depth; allowed: {', '.join(map(str, depths))}")
     if b.base < 8 or b.base % 8:
         raise ArchError(f"backbone: base channels {b.base} must be a positive multiple of 8")
-    if len(b.stages) != 4 or not _STAGES_RE.match("-".join(b.stages)):
-        raise ArchError(f"backbone: stage code {'-'.join(b.stages)!r} must be four non-empty groups of 1/2 "
+    if b.base > MAX_BASE:
+        raise ArchError(f"backbone: base channels {b.base} is too large (at most {MAX_BASE})")
+    code = "-".join(b.stages)
+    if len(b.stages) != 4 or not _STAGES_RE.fullmatch(code):
+        raise ArchError(f"backbone: stage code {_show(code)} must be four non-empty groups of 1/2 "
                         "separated by '-', e.g. 111-2111-211111-211")
-    if b.kind == "resnext" and (b.groups < 1 or b.group_width < 1):
-        raise ArchError(f"backbone: ResNeXt needs groups and width, e.g. x50(32x4d), got {b.groups}x{b.group_width}d")
-    if b.kind == "resnext" and b.base * b.group_width < 64:
-        # torchvision's grouped width is int(planes * width / 64) * groups: below 64 it is zero.
-        raise ArchError(f"backbone: ResNeXt base {b.base} x width {b.group_width}d gives zero-width groups; "
-                        "need base * width >= 64")
+    if b.num_blocks > MAX_BLOCKS:
+        raise ArchError(f"backbone: stage code has {b.num_blocks} blocks, too many (at most {MAX_BLOCKS})")
+    if b.num_doublings and b.base << b.num_doublings > MAX_PLANES:
+        raise ArchError(f"backbone: base {b.base} doubled {b.num_doublings} times is {b.base << b.num_doublings} "
+                        f"channels, too wide (at most {MAX_PLANES} per block)")
+    if b.kind == "resnext":
+        if b.groups < 1 or b.group_width < 1:
+            raise ArchError(f"backbone: ResNeXt needs groups and width, e.g. x50(32x4d), got "
+                            f"{b.groups}x{b.group_width}d")
+        if b.groups > MAX_GROUPS or b.group_width > MAX_GROUP_WIDTH:
+            raise ArchError(f"backbone: ResNeXt {b.groups}x{b.group_width}d is too large (at most {MAX_GROUPS} "
+                            f"groups of width {MAX_GROUP_WIDTH})")
+        if b.base * b.group_width < 64:
+            # torchvision's grouped width is int(planes * width / 64) * groups: below 64 it is zero.
+            raise ArchError(f"backbone: ResNeXt base {b.base} x width {b.group_width}d gives zero-width groups; "
+                            "need base * width >= 64")
+        grouped = (b.base << b.num_doublings) * b.group_width // 64 * b.groups
+        if grouped > MAX_PLANES * 4:
+            raise ArchError(f"backbone: ResNeXt {b.groups}x{b.group_width}d at base {b.base} makes {grouped}-channel "
+                            f"grouped convs, too wide (at most {MAX_PLANES * 4})")
+
+
+def _show(text: str, limit: int = 60) -> str:
+    """repr() of a piece of user input, shortened: messages stay one readable line."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 # ----------------------------------------------------------------------------------------------
 # Parsing
 
-_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
-_RESNET_RE = re.compile(r"^r(\d+)_(\d+)_([12]+(?:-[12]+)*)$")
-_RESNEXT_RE = re.compile(r"^x(\d+)\((\d+)x(\d+)d\)_(\d+)_([12]+(?:-[12]+)*)$")
-_MBV2_RE = re.compile(r"^mbv2_(\d+(?:\.\d+)?)$")
-_FPN_RE = re.compile(r"^fpn:P(\d)-P(\d):(\d+)$")
-_NONE_NECK_RE = re.compile(r"^none:C(\d)$")
-_DENSE_RE = re.compile(r"^(retina|fcos)(?::(\d+)x(\d+))?$")
-_RCNN_RE = re.compile(r"^(2fc|cascade(\d))(?::(\d+))?$")
+# ASCII digits only, at most 9 of them (int() refuses 4300+; anything past 9 digits is over every bound).
+_INT = r"([0-9]{1,9})"
+_SIZE_RE = re.compile(rf"{_INT}x{_INT}")
+_RESNET_RE = re.compile(rf"r{_INT}_{_INT}_([12]+(?:-[12]+)*)")
+_RESNEXT_RE = re.compile(rf"x{_INT}\({_INT}x{_INT}d\)_{_INT}_([12]+(?:-[12]+)*)")
+_MBV2_RE = re.compile(r"mbv2_([0-9]{1,3}(?:\.[0-9]{1,9})?)")
+_FPN_RE = re.compile(rf"fpn:P([0-9])-P([0-9]):{_INT}")
+_NONE_NECK_RE = re.compile(r"none:C([0-9])")
+_DENSE_RE = re.compile(rf"(retina|fcos)(?::{_INT}x{_INT})?")
+_RCNN_RE = re.compile(rf"(2fc|cascade([0-9]))(?::{_INT})?")
 
 
 def parse_backbone(text: str) -> Backbone:
-    if m := _RESNET_RE.match(text):
+    if m := _RESNET_RE.fullmatch(text):
         return Backbone("resnet", int(m[1]), int(m[2]), tuple(m[3].split("-")))
-    if m := _RESNEXT_RE.match(text):
+    if m := _RESNEXT_RE.fullmatch(text):
         return Backbone("resnext", int(m[1]), int(m[4]), tuple(m[5].split("-")), int(m[2]), int(m[3]))
-    if m := _MBV2_RE.match(text):
+    if m := _MBV2_RE.fullmatch(text):
         return Backbone("mobilenetv2", width_mult=float(m[1]))
-    raise ArchError(f"backbone: cannot parse {text!r}; expected r{{depth}}_{{base}}_{{stages}} "
+    raise ArchError(f"backbone: cannot parse {_show(text)}; expected r{{depth}}_{{base}}_{{stages}} "
                     "(e.g. r50_64_111-2111-211111-211), x{depth}({g}x{w}d)_{base}_{stages} or mbv2_{width}")
 
 
 def parse_neck(text: str) -> Neck:
-    if m := _FPN_RE.match(text):
+    if m := _FPN_RE.fullmatch(text):
         return Neck("fpn", int(m[1]), int(m[2]), int(m[3]))
-    if m := _NONE_NECK_RE.match(text):
+    if m := _NONE_NECK_RE.fullmatch(text):
         return Neck("none", int(m[1]), int(m[1]))
-    raise ArchError(f"neck: cannot parse {text!r}; expected none:C4, none:C5 or fpn:P{{lo}}-P{{hi}}:{{channels}}")
+    raise ArchError(f"neck: cannot parse {_show(text)}; expected none:C4, none:C5 or fpn:P{{lo}}-P{{hi}}:{{channels}}")
 
 
 def parse_head(text: str) -> Head:
-    if m := _DENSE_RE.match(text):
+    if m := _DENSE_RE.fullmatch(text):
         depth = int(m[2]) if m[2] else DEFAULT_DENSE_DEPTH
         width = int(m[3]) if m[3] else DEFAULT_DENSE_WIDTH
         return Head(m[1], 1, depth, width)  # type: ignore[arg-type]
-    if m := _RCNN_RE.match(text):
+    if m := _RCNN_RE.fullmatch(text):
         width = int(m[3]) if m[3] else DEFAULT_FC_WIDTH
         if m[1] == "2fc":
             return Head("2fc", 1, 0, width)
         return Head("cascade", int(m[2]), 0, width)
-    raise ArchError(f"head: cannot parse {text!r}; allowed: retina[:DxW], fcos[:DxW], 2fc[:W], cascade2[:W], "
+    raise ArchError(f"head: cannot parse {_show(text)}; allowed: retina[:DxW], fcos[:DxW], 2fc[:W], cascade2[:W], "
                     "cascade3[:W]")
 
 
 def parse(text: str) -> Arch:
     """Parse an architecture string; the error names the field that is wrong."""
+    if not isinstance(text, str):
+        raise ArchError(f"arch: expected a string like 800x600/r50_64_111-2111-211111-211/fpn:P2-P5:256/rpn/2fc, "
+                        f"got {type(text).__name__}")
     parts = text.strip().split("/")
     if len(parts) != 5:
-        raise ArchError(f"arch: {text!r} has {len(parts)} fields; expected 5: size/backbone/neck/rpn/head, "
+        raise ArchError(f"arch: {_show(text)} has {len(parts)} fields; expected 5: size/backbone/neck/rpn/head, "
                         "e.g. 800x600/r50_64_111-2111-211111-211/fpn:P2-P5:256/rpn/cascade3")
     size_s, backbone_s, neck_s, rpn_s, head_s = parts
-    m = _SIZE_RE.match(size_s)
+    m = _SIZE_RE.fullmatch(size_s)
     if not m:
-        raise ArchError(f"size: cannot parse {size_s!r}; expected WIDTHxHEIGHT, e.g. 800x600")
+        raise ArchError(f"size: cannot parse {_show(size_s)}; expected WIDTHxHEIGHT, e.g. 800x600")
     if rpn_s not in ("rpn", "none"):
-        raise ArchError(f"rpn: cannot parse {rpn_s!r}; allowed: rpn, none")
+        raise ArchError(f"rpn: cannot parse {_show(rpn_s)}; allowed: rpn, none")
     return Arch(InputSize(int(m[1]), int(m[2])), parse_backbone(backbone_s), parse_neck(neck_s),
                 rpn_s == "rpn", parse_head(head_s))
-

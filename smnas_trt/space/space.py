@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -22,6 +23,8 @@ from smnas_trt.space.arch import (
     parse_neck,
 )
 from smnas_trt.space.config import SpaceConfig, load_space_config
+
+ENUMERATE_LIMIT = 100_000  # block splits / doubling patterns per block count kept as lists (below: sampled)
 
 # Mutation operators. The first four are SM-NAS's backbone moves; the rest step one module width.
 MUTATIONS = ("insert_block", "remove_block", "move_doubling", "base_channels", "neck_channels", "head_width",
@@ -140,8 +143,18 @@ class SearchSpace:
     def sample_stages(self, rng: random.Random, depth: int) -> tuple[str, ...]:
         """A random code: block count uniform in bounds, four non-empty stages, `doublings` 2s placed at random."""
         n = rng.randint(self.lo_blocks, self.max_blocks(depth))
-        bounds = rng.choice(_stage_bounds(n))
-        digits = rng.choice(_doubling_patterns(n, self.config.doublings))
+        d = self.config.doublings
+        # Choosing from the enumerated lists (cached, the gate samples a lot) is uniform over them, and so is
+        # rng.sample; the lists are only built while small, since their length grows as n**3 and n**d.
+        if math.comb(n - 1, 3) <= ENUMERATE_LIMIT:
+            bounds = rng.choice(_stage_bounds(n))
+        else:
+            bounds = (0, *sorted(rng.sample(range(1, n), 3)), n)
+        if math.comb(n, d) <= ENUMERATE_LIMIT:
+            digits = rng.choice(_doubling_patterns(n, d))
+        else:
+            chosen = set(rng.sample(range(n), d))
+            digits = "".join("2" if i in chosen else "1" for i in range(n))
         return tuple(digits[bounds[i]:bounds[i + 1]] for i in range(4))
 
     def sample_arch(self, rng: random.Random) -> Arch:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -54,15 +54,36 @@ def load_trained(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any
     """Rebuild the detector saved in `checkpoint` (it must carry ``meta.arch``); returns (model, meta)."""
     ckpt = load_checkpoint(checkpoint)
     meta = dict(ckpt.get("meta") or {})
-    if "arch" not in meta:
+    if not isinstance(meta.get("arch"), str):
         raise TrainingError(f"{checkpoint} has no architecture string (trained outside `smnas train`)")
+    k = meta.get("num_categories")
+    labels, size = meta.get("label_to_cat"), meta.get("input_size")
+    if not (_is_int(k) and k >= 1 and isinstance(labels, list) and len(labels) == k + 1
+            and all(_is_int(c) for c in labels)):
+        raise TrainingError(f"{checkpoint}: its meta lacks the dataset's categories (num_categories, label_to_cat)")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 1 for v in size)):
+        raise TrainingError(f"{checkpoint}: its meta lacks the input size [width, height]")
     try:
-        model = build_for_data(meta["arch"], int(meta["num_categories"]))
+        model = build_for_data(meta["arch"], k)
     except ArchError as e:
         raise TrainingError(f"{checkpoint}: stored architecture no longer parses: {e}") from None
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise TrainingError(f"{checkpoint}: the stored weights do not fit {meta['arch']} "
+                            f"({_detail(e)})") from None
     model.eval()
     return model, meta
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _detail(e: BaseException) -> str:
+    """The first specific line of torch's load_state_dict report (its first line only names the class)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:120]
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "val",

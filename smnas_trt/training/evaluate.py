@@ -98,7 +98,7 @@ def evaluate(
     Images are plainly resized to `input_size` (width, height); boxes are mapped back before
     scoring. `max_images` evaluates the first N images only. With `out_json` the metrics are
     also written (atomically) as ``{"metrics": {...}, "split", "images", "detections",
-    "skipped_annotations", "seconds"}``.
+    "annotation_counts", "seconds"}`` (annotation counts: see `load_annotations`).
     """
     if dataset is None:
         if data_dir is None:
@@ -111,6 +111,6 @@ def evaluate(
         atomic_write_json(out_json, {
             "metrics": metrics, "split": dataset.split, "data": str(dataset.files.ann_file),
             "images": len(dataset), "detections": len(detections),
-            "skipped_annotations": dict(dataset.skipped), "seconds": round(time.perf_counter() - start, 2),
+            "annotation_counts": dict(dataset.annotation_counts), "seconds": round(time.perf_counter() - start, 2),
         })
     return metrics

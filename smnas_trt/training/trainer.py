@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.optim.lr_scheduler import LambdaLR
 
 from smnas_trt.data.coco import CocoDetection, build_loader
-from smnas_trt.errors import ConfigError, SmnasError
+from smnas_trt.errors import ConfigError, SmnasError, short_repr
 from smnas_trt.fileio import atomic_path, atomic_write_json
 from smnas_trt.training.evaluate import evaluate
 
@@ -89,6 +91,14 @@ class TrainConfig(BaseModel):
         return cls.model_validate({k: v for k, v in d.items() if k in cls.model_fields})
 
 
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass
 class TrainResult:
     epochs: int  # epochs completed
@@ -150,11 +160,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise TrainingError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise TrainingError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:120]}") from None
+    except pickle.UnpicklingError:
+        raise TrainingError(f"cannot read checkpoint {path}: it holds objects other than tensors and plain values "
+                            "(not a checkpoint of smnas train, or damaged)") from None
+    except Exception as e:  # torch raises many types for a damaged file, with messages of many lines
+        raise TrainingError(f"cannot read checkpoint {path}: {type(e).__name__}: {first_line(e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path} is not an smnas checkpoint")
+    version = ckpt.get("version")
+    if not _is_int(version) or version > CHECKPOINT_VERSION:
+        raise TrainingError(f"{path}: checkpoint version {short_repr(version)}, this smnas reads {CHECKPOINT_VERSION}")
+    # What resume, evaluation and deploy read, checked here: a damaged file fails now, on one line.
+    for key, kind in (("model", dict), ("optimizer", dict), ("scheduler", dict), ("scaler", dict), ("meta", dict),
+                      ("config", dict), ("history", list)):
+        if not isinstance(ckpt.get(key), kind):
+            raise TrainingError(f"{path}: checkpoint field {key!r} is missing or damaged")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        raise TrainingError(f"{path}: the model weights are not all named tensors")
+    for key in ("epoch", "iters_per_epoch", "total_iters"):
+        if not (_is_int(ckpt.get(key)) and ckpt[key] >= 0):
+            raise TrainingError(f"{path}: checkpoint field {key!r} is missing or damaged")
+    if not all(isinstance(h, dict) and _is_number(h.get("seconds")) for h in ckpt["history"]):
+        raise TrainingError(f"{path}: the training history is damaged")
     return ckpt
+
+
+def first_line(e: BaseException, limit: int = 120) -> str:
+    """The first non-blank line of an exception's message, without terminal colour codes, cut to `limit`."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(e).__name__
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -225,10 +259,14 @@ def train_detector(
         if ckpt.get("iters_per_epoch") != iters_per_epoch or ckpt.get("total_iters") != total_iters:
             raise TrainingError(f"{ckpt_path} was written by a run with another dataset size, batch size or "
                                 f"epoch count ({ckpt.get('total_iters')} vs {total_iters} iterations)")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise TrainingError(f"cannot resume from {ckpt_path}: its state does not fit this run "
+                                f"({first_line(e, 80)})") from None
         start_epoch = int(ckpt["epoch"])
         history = list(ckpt["history"])
         log.info("resuming %s after epoch %d", ckpt_path, start_epoch)
