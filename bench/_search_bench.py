@@ -59,10 +59,9 @@ def ensure_data(path: Path, scale: Scale) -> Path:
 
 def ensure_table(path: Path, scale: Scale, backend: str = "ort-cpu", threads: int = 1) -> Path:
     """A latency table of the scale's space from `smnas profile-lut`'s library call (kept if the file exists)."""
-    import smnas_trt.models.body as body_pkg
-
-    from smnas_trt.profiling.profile import profile_lut
-    from smnas_trt.search.latency import arch_body
+    from smnas_trt.profiling.cache import OnnxCache, default_onnx_cache
+    from smnas_trt.profiling.profile import PIECE_KINDS, profile_lut
+    from smnas_trt.profiling.spec import BackendSpec
     from smnas_trt.space import load_space
 
     space = space_arg(scale)
@@ -70,9 +69,13 @@ def ensure_table(path: Path, scale: Scale, backend: str = "ort-cpu", threads: in
         return path
     tmp = path.with_name(path.stem + ".partial.db")
     # Without module entries the predictor uses analytic features only: minutes, not an hour.
-    report = profile_lut(space=load_space(space), out=tmp, module_pieces=body_pkg.module_pieces if scale.table_modules
-                         else None, network_body=arch_body, backend_name=backend, backend_opts={"threads": threads},
-                         models=scale.table_models, seed=1234, resume=True)
+    # What `smnas profile-lut` runs, with its default ONNX cache (exports are reused by a rerun).
+    with OnnxCache(default_onnx_cache()) as cache:
+        report = profile_lut(space=load_space(space), out=tmp, spec=BackendSpec(backend=backend, threads=threads),
+                             models=scale.table_models, seed=1234, resume=tmp.exists(),
+                             module_kinds=PIECE_KINDS if scale.table_modules else (), cache=cache)
+    if report.interrupted:
+        raise KeyboardInterrupt  # the partial table is kept; the next call resumes it
     print(f"  profiled {report.models_timed} models and {report.modules_timed} modules in "
           f"{report.elapsed_s:.0f} s ({len(report.failures)} failures)", flush=True)
     tmp.rename(path)

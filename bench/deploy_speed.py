@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from smnas_trt.deploy import Detector, read_manifest
-from smnas_trt.deploy.runtime import torch_threads
-from smnas_trt.deploy.split import feature_sizes, graph_specs
-from smnas_trt.profiling.backends import get_backend
+from smnas_trt.deploy.decoder import Decoder, feature_sizes
+from smnas_trt.models.graphs import detector_graphs
+from smnas_trt.profiling.backends import torch_threads
 from smnas_trt.profiling.fingerprint import cpu_model
+from smnas_trt.profiling.spec import BackendSpec
 from smnas_trt.profiling.timing import HostClock, TimingConfig, time_runs
 from smnas_trt.space import parse
 
@@ -50,9 +51,9 @@ def detector_from_arch(arch_text: str, work: Path, threads: int) -> tuple[Detect
     arch = parse(arch_text)
     torch.manual_seed(0)
     model = build_detector(arch, 11).eval()
-    backend = get_backend("ort-cpu", threads=threads)
+    backend = BackendSpec(backend="ort-cpu", threads=threads).build()
     graphs, runners = [], []
-    for spec in graph_specs(model, arch):
+    for spec in detector_graphs(model, arch):
         path = work / f"{arch.id}_{spec.name}.onnx"
         export_onnx(spec.module, spec.example_inputs, path, input_names=spec.input_names,
                     output_names=spec.output_names)
@@ -79,10 +80,10 @@ def eager_times(model: Any, arch_text: str, pixels: torch.Tensor, timing: Timing
                 ) -> tuple[float, float]:
     """(network ms, end2end ms) of PyTorch eager on CPU: the graph modules, then the full forward."""
     arch = parse(arch_text)
-    backend = get_backend("torch", device="cpu", threads=threads)
+    backend = BackendSpec(backend="torch", device="cpu", threads=threads).build()
     network = 0.0
     x = model.transform([pixels])[0].tensors
-    specs = graph_specs(model, arch)
+    specs = detector_graphs(model, arch)
     inputs: tuple[Any, ...] = (x,)
     for spec in specs:
         if spec.name == "roi":
@@ -90,8 +91,6 @@ def eager_times(model: Any, arch_text: str, pixels: torch.Tensor, timing: Timing
             with torch.no_grad():
                 outs = specs[0].module(x)
             det_model = copy.deepcopy(model)
-            from smnas_trt.deploy.split import Decoder
-
             decoder = Decoder(det_model, arch, feature_sizes(model, arch))
             _, padded = decoder.proposals(outs[-2], outs[-1])
             inputs = (*outs[:-2], padded)

@@ -1,5 +1,13 @@
 """Benchmark: latency-predictor accuracy on held-out architectures, against two baselines.
 
+`--protocol separate-runs` (the default; issue #14): what a user does. `smnas profile-lut` makes the
+table (--train-models, seed --train-seed, --train-passes), then a second, later `smnas profile-lut`
+process times --test-models held-out models of another seed (an arch file of models the table does not
+hold; --passes); `smnas predictor fit` on the first and `smnas predictor eval` on the second, each in its
+own process. Prints the raw and the anchor-corrected (drift) predictor side by side with both baselines
+and the interval coverage. Tables and reports under --out/separate/ (a finished table is reused).
+
+`--protocol interleaved` (the README's first figure):
 Profiles the demo space on ort-cpu into latency tables under --out (default bench_out/predictor/;
 reused and resumed on later runs) with the profiling layer's API: `train.db` with --train-models
 whole models (seed 0) and `test.db` with --test-models others (seed 1; archs that are also train
@@ -24,11 +32,11 @@ Run: flock /tmp/smnas-bench.lock .venv/bin/python bench/predictor_accuracy.py
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import math
 import os
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,22 +47,27 @@ def _passes_of(extra: dict) -> int:
     return len(extra.get("pass_medians_ms", [0]))
 
 
+def _ort(threads: int):
+    from smnas_trt.profiling.spec import BackendSpec
+
+    return BackendSpec(backend="ort-cpu", threads=threads).build()
+
+
 def profile_models(wanted: dict[Path, tuple[list, int]], threads: int, budget_s: float, passes: int) -> None:
     """Whole-model `network` timings, until each table holds its target count of its candidates.
 
     `wanted` maps a table to (candidates, target). The tables' missing models are timed interleaved in
     one stream (train and test alike see whatever the machine does meanwhile), each in `passes` passes.
-    Resumes (archs already timed are skipped) and remembers archs whose body fails to export
-    (<table>.failed.txt), so a rerun does not retry them. Uses the legacy ONNX exporter: several
-    times faster than dynamo here, and every table uses it, so all are the same kind of graph.
+    Resumes (archs already timed are skipped) and remembers archs whose graphs fail to export
+    (<table>.failed.txt), so a rerun does not retry them. Uses the legacy ONNX exporter (profile-lut's
+    default) and profile-lut's own jobs (`model_job`: the graphs `models.graphs.detector_graphs` cuts).
     """
-    from smnas_trt.profiling.backends import get_backend
+    from smnas_trt.profiling.cache import OnnxCache
     from smnas_trt.profiling.lut import LatencyTable
-    from smnas_trt.profiling.profile import TimingJob, default_hooks, time_jobs
+    from smnas_trt.profiling.profile import model_job, time_jobs
     from smnas_trt.profiling.timing import TimingConfig
 
-    _, body_of, _ = default_hooks(81)
-    backend = get_backend("ort-cpu", threads=threads)
+    backend = _ort(threads)
     timing = TimingConfig(min_runs=10, max_runs=1000, budget_s=budget_s)
     tables = {path: LatencyTable.create(path, backend.fingerprint()) for path in wanted}
     failed = {path: _failed(path) for path in wanted}
@@ -73,12 +86,13 @@ def profile_models(wanted: dict[Path, tuple[list, int]], threads: int, budget_s:
                 todo = [a for a in candidates if str(a) not in failed[path] and not table.has_model(a, "network")]
                 queues[path] = todo[:max(0, target - have)]
                 print(f"{path}: {have} of the {target} wanted models already timed", flush=True)
-            jobs = [TimingJob(str(a), functools.partial(body_of, a), "legacy", label=str(path))
+            # One job per (table, arch): named by the arch, labelled by its table.
+            jobs = [dataclasses.replace(model_job(a, 81, 1, "fp32", "legacy"), name=str(a), label=str(path))
                     for path, a in _interleave(queues)]
             if not jobs:
                 break
-            with tempfile.TemporaryDirectory() as tmp:
-                for done, r in enumerate(time_jobs(backend, jobs, timing, Path(tmp), passes), start=1):
+            with OnnxCache(None) as cache:  # fresh exports, as in a new profile run
+                for done, r in enumerate(time_jobs(backend, jobs, timing, cache, passes, "legacy"), start=1):
                     path = Path(r.job.label)
                     if r.stats is None:
                         failed[path].add(r.job.name)
@@ -110,21 +124,21 @@ def profile_pieces(path: Path, archs: list, threads: int, budget_s: float) -> No
 
     One pass each: there are several times more pieces than models.
     """
-    from smnas_trt.models.body import module_pieces
-    from smnas_trt.profiling.backends import get_backend
+    from smnas_trt.models.pieces import module_pieces
+    from smnas_trt.profiling.cache import OnnxCache
     from smnas_trt.profiling.lut import LatencyTable
-    from smnas_trt.profiling.profile import TimingJob, dedup_pieces, piece_config, time_jobs
+    from smnas_trt.profiling.profile import dedup_pieces, piece_config, piece_job, time_jobs
     from smnas_trt.profiling.timing import TimingConfig
 
-    backend = get_backend("ort-cpu", threads=threads)
+    backend = _ort(threads)
     timing = TimingConfig(min_runs=10, max_runs=1000, budget_s=budget_s)
     start = time.perf_counter()
-    with LatencyTable.create(path, backend.fingerprint()) as table, tempfile.TemporaryDirectory() as tmp:
+    with LatencyTable.create(path, backend.fingerprint()) as table, OnnxCache(None) as cache:
         pieces = {p.key: p for p in dedup_pieces(p for a in archs for p in module_pieces(a, num_classes=81))
                   if not table.has(p.key)}
-        jobs = [TimingJob(p.key, lambda p=p: (p.module, p.inputs), "legacy") for p in pieces.values()]
+        jobs = [dataclasses.replace(piece_job(p, 1, "fp32", "legacy"), name=p.key) for p in pieces.values()]
         print(f"{path}: {len(jobs)} module pieces to time", flush=True)
-        for done, r in enumerate(time_jobs(backend, jobs, timing, Path(tmp)), start=1):
+        for done, r in enumerate(time_jobs(backend, jobs, timing, cache, 1, "legacy"), start=1):
             piece = pieces[r.job.name]
             if r.stats is None:
                 print(f"  failed {piece.key}: {r.error[:150]}", flush=True)
@@ -142,7 +156,7 @@ def timed_archs(path: Path) -> list:
         return [parse(r.arch) for r in table.model_rows("network")]
 
 
-def bench_archs(train_models: int, test_models: int) -> tuple[list, list]:
+def bench_archs(train_models: int, test_models: int, space_name: str = "demo") -> tuple[list, list]:
     """Candidate train archs (seed 0) and test archs (seed 1, minus any train candidate), spread over structures.
 
     Longer than needed: some bodies fail to export and are replaced by the next candidates
@@ -151,23 +165,128 @@ def bench_archs(train_models: int, test_models: int) -> tuple[list, list]:
     from smnas_trt.profiling.profile import sample_models
     from smnas_trt.space import load_space
 
-    space = load_space("demo")
+    space = load_space(space_name)
     train = sample_models(space, int(train_models * 1.4), seed=0)
     seen = {str(a) for a in train}
     test = [a for a in sample_models(space, int(test_models * 1.6), seed=1) if str(a) not in seen]
     return train, test
 
 
+SMNAS = ("from smnas_trt.cli import main; import sys; sys.argv = ['smnas', *sys.argv[1:]]; main()")
+
+
+def smnas(*argv: str) -> None:
+    """One `smnas ...` command in its own process, as a user runs it (what the `smnas` script calls)."""
+    print("$ smnas " + " ".join(argv), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", SMNAS, *argv], env={**os.environ, "COLUMNS": "160"},
+                          capture_output=True, text=True)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    for line in lines[-4:] if argv[0] == "profile-lut" else []:
+        print("  | " + line[:180])
+    print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+    if proc.returncode != 0:
+        print(proc.stdout + proc.stderr, file=sys.stderr)
+        raise SystemExit(f"smnas {argv[0]} exited with status {proc.returncode}")
+
+
+def separate_runs(args: argparse.Namespace) -> bool:
+    """Issue #14's protocol: the table in one `smnas profile-lut` run, the held-out models in a later one
+    (its own process, its own seed, its own anchors), `smnas predictor fit` on the first and `smnas predictor
+    eval` on the second; prints the raw and the anchor-corrected predictor side by side with both baselines."""
+    import json
+
+    from smnas_trt.profiling.profile import sample_models
+    from smnas_trt.space import load_space
+
+    root = OUT / "separate"
+    root.mkdir(parents=True, exist_ok=True)
+    train_db, test_db = root / "train.db", root / "test.db"
+    train_passes = args.train_passes or args.passes
+    common = ["--space", args.space, "--threads", str(args.threads), "--budget-s", str(args.budget_s),
+              "--modules", args.modules]
+    if not args.no_profile:
+        # 1. The table, as the README's first step (resumed when an earlier run was cut short).
+        if not train_db.exists() or len(timed_archs_text(train_db)) < args.train_models:
+            smnas("profile-lut", *common, "--out", str(train_db), "--models", str(args.train_models),
+                  "--seed", str(args.train_seed), "--passes", str(train_passes),
+                  *(["--resume"] if train_db.exists() else []))
+        # 2. Later, in another process: held-out models of another seed that the table does not hold.
+        if not test_db.exists():
+            train = set(timed_archs_text(train_db))
+            held_out = [a for a in sample_models(load_space(args.space), int(args.test_models * 1.6) + 10,
+                                                 seed=args.test_seed) if str(a) not in train][:args.test_models]
+            arch_file = root / "held_out.txt"
+            arch_file.write_text("".join(f"{a}\n" for a in held_out))
+            smnas("profile-lut", *common, "--out", str(test_db), "--archs", str(arch_file),
+                  "--passes", str(args.passes))
+    if args.profile_only:
+        return True
+    # 3. Fit on the table, evaluate on the later run's timings (training archs are excluded by eval).
+    smnas("predictor", "fit", "--lut", str(train_db), "--out", str(root / "model"), "--folds", str(args.folds),
+          "--threads", "1", *(["--search"] if args.search else []))
+    smnas("predictor", "eval", "--predictor", str(root / "model"), "--lut", str(test_db),
+          "--out", str(root / "test_eval"))
+    cv = json.loads((root / "model" / "cv" / "report.json").read_text())
+    report = json.loads((root / "test_eval" / "report.json").read_text())
+    from smnas_trt.predictors.report import format_report
+
+    print()
+    print(format_report(report, f"separate runs: {report['title']} (fitted on {train_db.name}, "
+                                f"{train_passes} pass(es); held out {args.passes} pass(es))"))
+    raw, corr = report["predictor_raw"], report["predictor"]
+    drift = (report.get("errors") or {}).get("drift")
+    print(f"\n{'held-out, separate run':<30}{'n':>5}{'±5%':>8}{'±10%':>8}{'MAPE %':>9}{'tau':>7}{'coverage':>10}")
+    rows = [("predictor, raw", raw, raw.get("coverage")), ("predictor, drift-corrected", corr, report["coverage"]),
+            ("sum of LUT entries", report["lut_sum"], None), ("linear fit on FLOPs", report["flops_linear"], None),
+            (f"(CV on {train_db.name})", cv["predictor"], cv["coverage"])]
+    for label, m, cover in rows:
+        print(f"{label:<30}{m['n']:>5}{_pct(m['within_5']):>8}{_pct(m['within_10']):>8}{m['mape']:>9.2f}"
+              f"{m['kendall_tau']:>7.3f}{_pct(cover):>10}")
+    if drift is not None:
+        print(f"drift of the held-out run against the table (anchors): {drift}")
+    checks = {
+        f"corrected within ±10% >= 95% ({_pct(corr['within_10'])})": corr["within_10"] >= 0.95,
+        f"corrected Kendall tau >= 0.95 ({corr['kendall_tau']:.3f})": corr["kendall_tau"] >= 0.95,
+        f"90% interval coverage in [85%, 95%] ({_pct(report['coverage'])})": 0.85 <= report["coverage"] <= 0.95,
+    }
+    for label, passed in checks.items():
+        print(f"  [{'x' if passed else ' '}] {label}")
+    print(f"reports in {root}/model/cv and {root}/test_eval")
+    return all(checks.values())
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def timed_archs_text(path: Path) -> list[str]:
+    from smnas_trt.profiling.lut import LatencyTable
+
+    with LatencyTable.open(path) as table:
+        return [r.arch for r in table.model_rows("network")]
+
+
 def main() -> None:
     global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=("separate-runs", "interleaved"), default="separate-runs",
+                        help="separate-runs (issue #14, default): the table and the held-out models in two "
+                             "profile-lut runs, one after the other; interleaved: both timed in one stream")
+    parser.add_argument("--space", default="demo", help="space of the models (default %(default)s)")
     parser.add_argument("--train-models", type=int, default=300)
     parser.add_argument("--test-models", type=int, default=100)
+    parser.add_argument("--train-seed", type=int, default=7, help="separate-runs: profile-lut --seed of the table")
+    parser.add_argument("--test-seed", type=int, default=8, help="separate-runs: seed of the held-out sample")
+    parser.add_argument("--train-passes", type=int, default=None,
+                        help="separate-runs: --passes of the table's run (default: --passes)")
+    parser.add_argument("--modules", default="none",
+                        help="separate-runs: profile-lut --modules of both runs (none, all or a comma list)")
     parser.add_argument("--pieces", choices=("none", "test", "all"), default="test",
-                        help="time every module piece of the test archs (default), of all archs, or none")
-    parser.add_argument("--piece-archs", type=int, default=30, help="test archs whose pieces are timed")
+                        help="interleaved: time every module piece of the test archs (default), of all, or none")
+    parser.add_argument("--piece-archs", type=int, default=30, help="interleaved: test archs whose pieces are timed")
     parser.add_argument("--retest", type=int, default=40,
-                        help="test archs timed a second time (retest.db): the measurement noise floor")
+                        help="interleaved: test archs timed a second time (retest.db): the measurement noise floor")
     parser.add_argument("--no-profile", action="store_true", help="use the tables as they are")
     parser.add_argument("--budget-s", type=float, default=0.5, help="timed-run budget per entry")
     parser.add_argument("--passes", type=int, default=3,
@@ -186,8 +305,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.protocol == "separate-runs":
+        sys.exit(0 if separate_runs(args) else 1)
     train_db, test_db = OUT / "train.db", OUT / "test.db"
-    train, test = bench_archs(args.train_models, args.test_models)
+    train, test = bench_archs(args.train_models, args.test_models, args.space)
     if not args.no_profile:
         wanted = {train_db: (train, args.train_models), test_db: (test, args.test_models)}
         profile_models(wanted, args.threads, args.budget_s, args.passes)

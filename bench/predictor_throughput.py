@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,44 +46,38 @@ def get_predictor(path: Path | None, fit_models: int, threads: int) -> Path:
 
 
 def sys_profile(table: Path, n: int, threads: int) -> None:
-    """Time `n` demo archs into `table` with the profiling API (skips those already there)."""
-    from smnas_trt.profiling.backends import get_backend
-    from smnas_trt.profiling.lut import LatencyTable
-    from smnas_trt.profiling.profile import default_hooks, sample_models, time_module
+    """Time `n` demo archs (seed 7) into `table` with `smnas profile-lut`'s library call (resumes a table)."""
+    from smnas_trt.profiling.profile import profile_lut
+    from smnas_trt.profiling.spec import BackendSpec
     from smnas_trt.profiling.timing import TimingConfig
     from smnas_trt.space import load_space
 
-    _, body_of, _ = default_hooks(81)
-    backend = get_backend("ort-cpu", threads=threads)
-    with LatencyTable.create(table, backend.fingerprint()) as lut, tempfile.TemporaryDirectory() as tmp:
-        for arch in sample_models(load_space("demo"), n, seed=7):
-            if lut.has_model(arch):
-                continue
-            try:
-                body, inputs = body_of(arch)
-                stats, extra = time_module(backend, body, inputs, Path(tmp), str(arch), TimingConfig(budget_s=0.5),
-                                           exporter="legacy")
-                lut.put_model(arch, "network", stats, extra)
-            except Exception as e:  # a body that cannot export is skipped; the rest suffice here
-                print(f"  skipped {arch}: {str(e).splitlines()[-1][:120]}")
+    report = profile_lut(space=load_space("demo"), out=table, spec=BackendSpec(backend="ort-cpu", threads=threads),
+                         models=n, seed=7, resume=table.is_file(), timing=TimingConfig(budget_s=0.5),
+                         repeat_check=False)
+    for failure in report.failures:  # a body that cannot export is skipped; the rest suffice here
+        print(f"  skipped {failure[:160]}")
 
 
 def profile_one_seconds(archs: list, threads: int) -> list[tuple[str, float, float]]:
-    """Wall seconds to profile one model for real (build, export, load, time), per exporter."""
-    from smnas_trt.profiling.backends import get_backend
-    from smnas_trt.profiling.profile import default_hooks, time_module
+    """Wall seconds to profile one model for real (build, export, load, time), per exporter (no cache hit:
+    the cache key names the exporter, and the cache is a fresh temporary folder)."""
+    from smnas_trt.profiling.cache import OnnxCache
+    from smnas_trt.profiling.profile import model_job, time_jobs
+    from smnas_trt.profiling.spec import BackendSpec
     from smnas_trt.profiling.timing import TimingConfig
 
-    _, body_of, _ = default_hooks(81)
-    backend = get_backend("ort-cpu", threads=threads)
+    backend = BackendSpec(backend="ort-cpu", threads=threads).build()
     out = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with OnnxCache(None) as cache:
         for arch in archs:
             row = [str(arch)]
             for exporter in ("legacy", "dynamo"):
                 start = time.perf_counter()
-                body, inputs = body_of(arch)
-                time_module(backend, body, inputs, Path(tmp), f"{exporter}{arch}", TimingConfig(), exporter=exporter)
+                job = model_job(arch, 81, 1, "fp32", exporter)  # type: ignore[arg-type]
+                for result in time_jobs(backend, [job], TimingConfig(), cache, 1, exporter):  # type: ignore[arg-type]
+                    if result.stats is None:
+                        print(f"  {exporter} failed on {arch}: {result.error[:120]}")
                 row.append(time.perf_counter() - start)
             out.append((row[0], row[1], row[2]))
     return out
@@ -111,6 +104,7 @@ def exportable_archs(n: int) -> list:
 
 
 def main() -> None:
+    global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=2)
@@ -120,7 +114,10 @@ def main() -> None:
     parser.add_argument("--profile-archs", type=int, default=2, help="archs profiled for the cost ratio")
     parser.add_argument("--ratio-only", action="store_true", help="skip the rate measurement (reuse --rate)")
     parser.add_argument("--rate", type=float, default=None, help="predictions/s to use with --ratio-only")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="folder of bench/predictor_accuracy.py's tables and model (default: %(default)s)")
     args = parser.parse_args()
+    OUT = args.out
 
     import numpy as np
     import torch

@@ -2,11 +2,12 @@
 
 For each model (bench/_paper_archs.py: Faster R-CNN R50-FPN, RetinaNet R50-FPN, RetinaNet R18-C4, Cascade
 R-CNN R50-FPN at --size, standard genes of the paper space) the `network` body (profile-lut's scope, 81
-classes) is timed with the library's own runners, fp32 and fp16:
-  events  get_backend("torch", device=...).load_module(...).time(): CUDA events on a side stream
+classes; two-stage models as profile-lut cuts them, `rpn` + `roi`, timed graph by graph and summed) is timed
+with the library's own runners, fp32 and fp16:
+  events  BackendSpec(backend="torch", device=...).build().load_module(...).time(): CUDA events on a side stream
   host    the same runner's module called, then torch.cuda.synchronize(), timed with HostClock: the naive
           host-side figure (launch overhead and the sync included)
-  graphs  get_backend("torch", device=..., cuda_graphs=True): one captured CUDA graph replayed, CUDA events
+  graphs  BackendSpec(backend="torch", device=..., cuda_graphs=True): one captured CUDA graph replayed, CUDA events
 host/events > 1 says how much the host clock overstates device time; events/graphs > 1 is what removing
 per-kernel launch cost buys. On --device cpu (a dry run) every clock is the host clock and graphs are skipped.
 
@@ -36,9 +37,23 @@ import torch
 from _paper_archs import parse_size, reference_archs
 
 from smnas_trt.fileio import atomic_write_json
-from smnas_trt.profiling.backends import Runner, get_backend
-from smnas_trt.profiling.profile import default_hooks
-from smnas_trt.profiling.timing import HostClock, LatencyStats, TimingConfig, time_runs
+from smnas_trt.profiling.backend import Runner
+from smnas_trt.profiling.spec import BackendSpec
+from smnas_trt.profiling.timing import HostClock, LatencyStats, TimingConfig, sum_stats, time_runs
+
+
+def torch_backend(device: str, precision: str = "fp32", cuda_graphs: bool = False) -> Any:
+    return BackendSpec(backend="torch", device=device, precision=precision, cuda_graphs=cuda_graphs).build()
+
+
+def network_graphs(arch: Any, num_classes: int) -> list[Any]:
+    """profile-lut's `network` scope: the graphs `models.graphs.detector_graphs` cuts (one-stage `body`,
+    two-stage `rpn` + `roi`); the model's latency is the sum of theirs."""
+    from smnas_trt.models import build_detector
+    from smnas_trt.models.graphs import detector_graphs
+
+    with torch.no_grad():
+        return detector_graphs(build_detector(arch, num_classes), arch)
 
 
 def host_clock_stats(runner: Runner, inputs: tuple[Any, ...], device: str, config: TimingConfig) -> LatencyStats:
@@ -70,20 +85,32 @@ def release(*runners: Runner | None) -> None:
         torch.cuda.empty_cache()
 
 
-def time_precision(body: Any, inputs: tuple[Any, ...], device: str, precision: str, config: TimingConfig,
+def time_precision(specs: list[Any], device: str, precision: str, config: TimingConfig,
                    graphs: bool) -> dict[str, Any]:
-    events = get_backend("torch", device=device, precision=precision).load_module(body, inputs)
-    try:
-        row: dict[str, Any] = {"events": events.time(config).as_dict()}
-        row["host"] = host_clock_stats(events, inputs, device, config).as_dict()
-    finally:
-        release(events)
+    """Each graph of the model timed on its own, the figures summed (as profile-lut does)."""
+    backend = torch_backend(device, precision)
+    events_parts, host_parts = [], []
+    for spec in specs:
+        events = backend.load_module(spec.module, spec.example_inputs)
+        try:
+            events_parts.append(events.time(config))
+            host_parts.append(host_clock_stats(events, spec.example_inputs, device, config))
+        finally:
+            release(events)
+    row: dict[str, Any] = {"events": sum_stats(events_parts).as_dict(), "host": sum_stats(host_parts).as_dict()}
+    if len(specs) > 1:
+        row["graphs_ms"] = {s.name: e.median_ms for s, e in zip(specs, events_parts, strict=True)}
     if graphs:
         graph = None
         try:  # a capture failure must not lose the eager figures above
-            graph = get_backend("torch", device=device, precision=precision, cuda_graphs=True).load_module(
-                body, inputs)
-            row["graphs"] = graph.time(config).as_dict()
+            captured = torch_backend(device, precision, cuda_graphs=True)
+            parts = []
+            for spec in specs:
+                graph = captured.load_module(spec.module, spec.example_inputs)
+                parts.append(graph.time(config))
+                release(graph)
+                graph = None
+            row["graphs"] = sum_stats(parts).as_dict()
         except Exception as e:
             row["graphs_error"] = one_line(e)
             print(f"  {precision} CUDA graphs failed: {row['graphs_error'][:200]}", flush=True)
@@ -106,7 +133,7 @@ def gflops(arch: Any) -> float | None:
 
 
 def card_header(device: str) -> dict[str, Any]:
-    backend = get_backend("torch", device=device)
+    backend = torch_backend(device)
     info: dict[str, Any] = {"fingerprint": backend.fingerprint().to_dict(), "torch": torch.__version__,
                             "cudnn": torch.backends.cudnn.version() if device == "cuda" else None}
     if device == "cuda":
@@ -151,7 +178,6 @@ def main() -> None:
     fp16 = args.fp16 if args.fp16 is not None else args.device == "cuda"
     precisions = ["fp32", "fp16"] if fp16 else ["fp32"]
     refs = reference_archs(parse_size(args.size), args.archs, args.space)
-    _, network_body, _ = default_hooks(args.num_classes)
     results: dict[str, Any] = {"header": header, "size": args.size, "space": args.space,
                                "timing": {"warmup_runs": config.warmup_runs, "warmup_s": config.warmup_s,
                                           "min_runs": config.min_runs, "budget_s": config.budget_s},
@@ -166,12 +192,13 @@ def main() -> None:
             print(f"deadline {args.deadline_s:.0f} s passed: skipping {ref.name} and the rest")
             break
         t_model = time.perf_counter()
-        body, inputs = network_body(ref.arch)
+        specs = network_graphs(ref.arch, args.num_classes)
         entry: dict[str, Any] = {"name": ref.name, "arch": str(ref.arch), "in_space": ref.in_space,
-                                 "gflops": gflops(ref.arch), "input_shape": list(inputs[0].shape)}
+                                 "gflops": gflops(ref.arch), "input_shape": list(specs[0].example_inputs[0].shape),
+                                 "graphs": [s.name for s in specs]}
         for precision in precisions:
             try:
-                row = time_precision(body, inputs, args.device, precision, config, graphs)
+                row = time_precision(specs, args.device, precision, config, graphs)
             except Exception as e:  # one failing mode must not lose the others' figures
                 row = {"error": one_line(e)}
             entry[precision] = row
@@ -185,7 +212,7 @@ def main() -> None:
                   f"{fmt(row, 'graphs'):>7s} {fmt(row, 'events_over_graphs'):>6s}", flush=True)
         entry["seconds"] = time.perf_counter() - t_model
         results["models"].append(entry)
-        del body
+        del specs
         release()
         if args.out:
             atomic_write_json(args.out, results)  # after each model, so a cut-off run keeps what it measured

@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _search_bench import BENCH_DIR, SCALES
 
+from smnas_trt.profiling.cache import default_onnx_cache
 from smnas_trt.report import reference_verdicts, write_report
 from smnas_trt.search import RunStore, load_frozen_config
-from smnas_trt.search.engine import CANDIDATE_DIR, TABLE_FILE
-from smnas_trt.search.latency import add_timing
+from smnas_trt.search.engine import TABLE_FILE
+from smnas_trt.search.latency import add_timing, table_num_classes
 from smnas_trt.search.tasks import TimeJob, TrainJob, candidate_seed, time_candidate, train_candidate
 from smnas_trt.space import load_space, parse
 
@@ -63,6 +64,7 @@ def main() -> None:
     lat = cfg.latency
     threads = cfg.executor.threads_per_task or 1
     store = RunStore(run_dir / "run.db")
+    num_classes = table_num_classes(lat, run_dir / TABLE_FILE)  # the classes the run's table was timed with
     done = {r.name for r in store.references() if r.status == "done"}
     for name, text in reference_archs(cfg.space, args.size).items():
         arch = parse(text)
@@ -74,9 +76,9 @@ def main() -> None:
         res = train_candidate(TrainJob(arch.id, str(arch), cfg.data, str(folder), epochs, epochs,
                                        candidate_seed(cfg.seed, arch.id), dict(cfg.training), cfg.evaluation.split,
                                        cfg.evaluation.max_images, cfg.evaluation.batch_size, cfg.device, threads))
-        timing = time_candidate(TimeJob(arch.id, str(arch), lat.backend, lat.scope, lat.precision, lat.batch,
-                                        lat.threads, lat.device, str(run_dir / CANDIDATE_DIR / arch.id),
-                                        dict(lat.timing), lat.num_classes))
+        # As the search's engine times a candidate: the run's backend spec, scope, classes, timing and passes.
+        timing = time_candidate(TimeJob(arch.id, str(arch), lat.spec().model_dump(), lat.scope, num_classes,
+                                        lat.timing.model_dump(), lat.passes, str(default_onnx_cache())))
         add_timing(run_dir / TABLE_FILE, timing, lat)
         store.put_reference(name, arch.id, str(arch), "done", measured_ms=timing.ms, ap=res.ap, ap50=res.ap50,
                             metrics_json=json.dumps(res.metrics), train_seconds=res.train_seconds, epochs=res.epochs,

@@ -41,7 +41,7 @@ def main() -> None:
     except ValidationError as e:  # a typed config built from options: name the field, like any other input error
         from smnas_trt.space.config import pydantic_error_line
 
-        err_console.print(f"[bold red]error:[/] {pydantic_error_line(e)}", highlight=False, soft_wrap=True)
+        print_error(err_console, pydantic_error_line(e))
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")

@@ -1,12 +1,16 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes (a reader never sees a half-written file) and the one-writer lock."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,3 +78,55 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class LockHeld(Exception):
+    """Another live process holds the writer lock; the message names it."""
+
+
+@contextmanager
+def writer_lock(path: str | Path) -> Iterator[None]:
+    """Hold the one-writer lock of `path` (a table or a run directory) for the block.
+
+    An advisory flock on the sibling file ``<path>.lock`` that records the holder's pid and command.
+    A second writer gets LockHeld at once (never waits). The kernel drops the lock when the holder
+    dies, so a killed writer never blocks the next one. Readers do not take it. The lock file is
+    removed on release, and so are the parent folders this call had to create (a failed start leaves
+    the output path as it was).
+    """
+    path = Path(path)
+    lock_path = path.with_name(path.name + ".lock")
+    created = [p for p in reversed(path.parents) if not p.exists()]
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(lock_path)
+    try:
+        os.ftruncate(fd, 0)
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, f"pid {os.getpid()} since {since}: {' '.join(sys.argv) or 'python'}".encode())
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # while still held: a waiting writer re-checks the inode
+        os.close(fd)
+        for parent in reversed(created):
+            if not path.exists():
+                with contextlib.suppress(OSError):
+                    parent.rmdir()  # only if empty
+
+
+def _acquire(lock_path: Path) -> int:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 512).decode(errors="replace").strip() or "a process that is starting"
+            os.close(fd)
+            raise LockHeld(holder) from None
+        # The holder may have released and unlinked the file between our open and flock: then
+        # we locked a file nobody else will see, so try again on the current one.
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)

@@ -27,6 +27,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from smnas_trt.errors import SmnasError
 from smnas_trt.fileio import atomic_write_json
@@ -113,7 +114,8 @@ class Demo:
                 reused = fn()
             except _Skip as e:
                 self.result.skipped[name] = str(e)
-                self.console.print(f"[yellow]skipped[/] {name}: {e}", highlight=False, soft_wrap=True)
+                self.console.print(Text.assemble(("skipped", "yellow"), f" {name}: {e}"), highlight=False,
+                                   soft_wrap=True)
                 continue
             seconds = time.perf_counter() - t0
             self.result.step_seconds[name] = seconds
@@ -180,9 +182,9 @@ class Demo:
         if report.interrupted:
             raise KeyboardInterrupt
         for line in [*report.failures[:5], *report.warnings]:
-            self.console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
+            self.console.print(Text(line, style="yellow"), highlight=False, soft_wrap=True)
         for message in report.messages:
-            self.console.print(message, highlight=False, soft_wrap=True)
+            self.console.print(Text(message), highlight=False, soft_wrap=True)
         self.console.print(f"{self.lut}: {report.models_timed} models of space {space.name!r} timed "
                            f"({report.models_skipped} already there); {report.split.line(report.elapsed_s)}",
                            highlight=False)
@@ -340,4 +342,4 @@ def print_demo_summary(console: Console, result: DemoResult) -> None:
     if result.predictions:
         console.print(f"  predicted: {result.predictions}/ (detections.json and drawn images)", highlight=False)
     for step, why in result.skipped.items():
-        console.print(f"  [yellow]skipped[/] {step}: {why}", highlight=False, soft_wrap=True)
+        console.print(Text.assemble("  ", ("skipped", "yellow"), f" {step}: {why}"), highlight=False, soft_wrap=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,38 @@ def test_device_cpu_reaches_torch_backend(
         rows = table.model_rows("network")
         assert len(rows) == 1 and len(rows[0].extra["pass_medians_ms"]) == 2
 
+
+
+def _smnas(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / "smnas"), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_second_writer_is_refused_while_readers_work_and_a_killed_writer_does_not_block(tmp_path: Path) -> None:
+    out = tmp_path / "lut.db"
+    lock = tmp_path / "lut.db.lock"
+    # A writer that takes a while: torch backend (no export), many models, a long timing budget each.
+    args = profile_args(out, "torch", "--threads", "1", "--budget-s", "0.3")
+    args[args.index("--models") + 1] = "200"
+    writer = subprocess.Popen([str(Path(sys.executable).parent / "smnas"), *args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out.exists() and lock.exists() and lock.read_text()) and time.monotonic() < deadline:
+            assert writer.poll() is None, writer.stderr.read() if writer.stderr else ""
+            time.sleep(0.1)
+        assert f"pid {writer.pid} " in lock.read_text()
+        second = _smnas(*profile_args(out, "torch", "--resume"))
+        lines = second.stderr.strip().splitlines()
+        assert second.returncode == 2 and len(lines) == 1, second.stderr
+        assert f"{out} is being written by another process (pid {writer.pid} since" in lines[0]
+        assert "profile-lut" in lines[0]
+        shown = _smnas("lut", "show", str(out))  # readers do not take the lock
+        assert shown.returncode == 0, shown.stderr
+    finally:
+        writer.kill()
+        writer.wait()
+    # The kernel dropped the dead writer's lock: a resume runs (and removes the lock file when done).
+    resumed = _smnas(*profile_args(out, "torch", "--resume", "--threads", "1", "--budget-s", "0", "--min-runs", "1"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert not lock.exists()

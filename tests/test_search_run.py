@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from smnas_trt.errors import ConfigError, SearchError
+from smnas_trt.errors import ConfigError, DataError, SearchError
 from smnas_trt.search import RunStore, Search, load_front, load_search_config, parse_search_config, run_search
 from smnas_trt.search.config import SearchConfig
 from smnas_trt.search.engine import FRONT_FILE, open_run
@@ -215,6 +215,16 @@ def test_run_directory_rules(env: dict[str, Any], finished_run: Path) -> None:
         open_run(_config(env), stray, resume=False)
 
 
+def test_a_missing_data_folder_creates_nothing(env: dict[str, Any]) -> None:
+    out = env["root"] / "new-parent" / "run"
+    with pytest.raises(DataError, match=r"data folder not found: .*no-such-data"):
+        run_search(_config(env, data=str(env["root"] / "no-such-data")), out, show_progress=False)
+    assert not (env["root"] / "new-parent").exists()
+    # The corrected retry starts (and is not told the run exists).
+    _, created = open_run(_config(env), out, resume=False)
+    assert created and (out / "run.db").is_file()
+
+
 def test_impossible_budget_and_unknown_field(env: dict[str, Any]) -> None:
     fastest = env["times"][0]
     with pytest.raises(ConfigError, match=r"latency.budget_ms: .* below the fastest model in the table"):
@@ -247,6 +257,7 @@ def test_sigkill_during_training_then_resume(env: dict[str, Any]) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     in_training: list[tuple[str, int]] = []
     done_before: dict[str, float | None] = {}
+    second_writer: subprocess.CompletedProcess[str] | None = None
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -259,6 +270,11 @@ def test_sigkill_during_training_then_resume(env: dict[str, Any]) -> None:
                     rows = []
                 done = {r[0]: r[3] for r in rows if r[1] == "done"}
                 training = [(r[0], r[2]) for r in rows if r[1] == "training"]
+                if second_writer is None:
+                    second_writer = subprocess.run(
+                        [str(Path(sys.executable).parent / "smnas"), "search", "--resume", "--out", str(out)],
+                        capture_output=True, text=True, timeout=120)
+                    continue
                 if training and len(done) >= 1:
                     os.kill(proc.pid, signal.SIGKILL)
                     proc.wait()
@@ -271,6 +287,11 @@ def test_sigkill_during_training_then_resume(env: dict[str, Any]) -> None:
             proc.wait()
     err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
     assert in_training, f"never caught a candidate in training: {err}"
+    # A second writer on the same run was refused in one line naming the holder; the dead holder's
+    # lock does not block the resume below (the kernel released it).
+    assert second_writer is not None and second_writer.returncode == 2
+    assert len(second_writer.stderr.strip().splitlines()) == 1
+    assert f"is in use by another search (pid {proc.pid} since" in second_writer.stderr
     # The store on disk still says 'training' for the killed candidate.
     store = RunStore(out / "run.db", readonly=True)
     assert [c.arch_id for c in store.candidates(status="training")] == [a for a, _ in in_training]

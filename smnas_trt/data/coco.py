@@ -367,6 +367,17 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
         return image, {"boxes": boxes, "labels": labels, "image_id": image_id, "orig_size": (width, height)}
 
 
+def check_dataset(data_dir: str | Path, splits: Sequence[str]) -> None:
+    """Every check a training or evaluation will make on these splits (layout, annotations, boxes,
+    image files), done up front so a command refuses bad data before it creates anything."""
+    cats = {split: CocoDetection(data_dir, split, (32, 32)).cat_ids for split in dict.fromkeys(splits)}
+    first, *rest = cats
+    for split in rest:
+        if cats[split] != cats[first]:
+            raise DataError(f"data {str(data_dir)!r}: split '{split}' has categories {cats[split][:10]}, split "
+                            f"'{first}' has {cats[first][:10]}; both need the same categories")
+
+
 def collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
     """Detection batches are lists (torchvision's contract), not stacked tensors."""
     return [b[0] for b in batch], [b[1] for b in batch]

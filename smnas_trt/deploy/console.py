@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from smnas_trt.deploy.deployer import DeployResult, DeployTarget
 
@@ -82,4 +83,4 @@ def print_summary(console: Console, result: DeployResult) -> None:
                       f"print(Detector.load('{first}').predict('IMAGE'))\"", highlight=False, soft_wrap=True)
     for m in result.failed:
         reason = m.error or "; ".join((m.manifest or {}).get("verification", {}).get("failures") or [])
-        console.print(f"[red]failed:[/] {m.arch_id}: {reason}", highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("failed:", "red"), f" {m.arch_id}: {reason}"), highlight=False, soft_wrap=True)

@@ -23,6 +23,7 @@ exported once and timed `passes` times (chunk by chunk, the median pass kept).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from smnas_trt.errors import ArchError, ProfilingError, SmnasError, first_line
+from smnas_trt.fileio import LockHeld, writer_lock
 from smnas_trt.profiling.backend import Backend, Runner
 from smnas_trt.profiling.cache import OnnxCache
 from smnas_trt.profiling.drift import Drift, drift_against
@@ -455,83 +457,96 @@ def profile_lut(
     kinds = check_module_kinds(module_kinds)
     if passes < 1:  # everything is checked before the table file is created
         raise ProfilingError(f"--passes must be >= 1, got {passes}")
-    if out.exists() and not resume:
-        raise ProfilingError(f"{out} exists; pass --resume to continue it, or choose another --out")
-    if resume and not out.is_file():
-        raise ProfilingError(f"--resume: no table at {out}; leave out --resume to start one")
-    if end2end and spec.backend not in ("ort-cpu", "ort-cuda"):
-        raise ProfilingError(f"--end2end needs an ONNX Runtime backend (ort-cpu, ort-cuda), not {spec.backend}")
-    backend = spec.build()  # a missing library or device is refused here, before any work
-    own_cache = cache is None
-    cache = cache or OnnxCache(None)
-    report = ProfileReport(out=str(out))
-    t0 = time.perf_counter()
-    model_archs = list(archs) if archs is not None else sample_models(space, models, seed)
-    pieces: list[Any] = []
-    if kinds:
-        structures = list(space.iter_structures()) if all_structures else []
-        # Every module configuration of the chosen kinds: standard genes of each structure (what the
-        # structural stage proposes) plus the sampled models (which carry the genes the search visits).
-        pieces = dedup_pieces(p for arch in [*structures, *model_archs]
-                              for p in module_pieces(arch, num_classes=num_classes) if p.kind in kinds)
-        report.modules_total = len(pieces)
-        if len(pieces) > max_modules:
-            pieces = stratified_sample(pieces, max_modules, seed)
-            report.messages.append(f"{report.modules_total} module configurations exceed --max-modules {max_modules}: "
-                                   f"profiling a stratified sample of {len(pieces)} (by kind, at least one of each)")
-        report.modules_selected = len(pieces)
+    with table_writer_lock(out):  # one writer per table: a second profile-lut is refused
+        if out.exists() and not resume:
+            raise ProfilingError(f"{out} exists; pass --resume to continue it, or choose another --out")
+        if resume and not out.is_file():
+            raise ProfilingError(f"--resume: no table at {out}; leave out --resume to start one")
+        if end2end and spec.backend not in ("ort-cpu", "ort-cuda"):
+            raise ProfilingError(f"--end2end needs an ONNX Runtime backend (ort-cpu, ort-cuda), not {spec.backend}")
+        backend = spec.build()  # a missing library or device is refused here, before any work
+        own_cache = cache is None
+        cache = cache or OnnxCache(None)
+        report = ProfileReport(out=str(out))
+        t0 = time.perf_counter()
+        model_archs = list(archs) if archs is not None else sample_models(space, models, seed)
+        pieces: list[Any] = []
+        if kinds:
+            structures = list(space.iter_structures()) if all_structures else []
+            # Every module configuration of the chosen kinds: standard genes of each structure (what the
+            # structural stage proposes) plus the sampled models (which carry the genes the search visits).
+            pieces = dedup_pieces(p for arch in [*structures, *model_archs]
+                                  for p in module_pieces(arch, num_classes=num_classes) if p.kind in kinds)
+            report.modules_total = len(pieces)
+            if len(pieces) > max_modules:
+                pieces = stratified_sample(pieces, max_modules, seed)
+                report.messages.append(f"{report.modules_total} module configurations exceed --max-modules "
+                                       f"{max_modules}: profiling a stratified sample of {len(pieces)} (by kind, "
+                                       "at least one of each)")
+            report.modules_selected = len(pieces)
 
-    run_id = uuid.uuid4().hex[:12]
+        run_id = uuid.uuid4().hex[:12]
+        try:
+            with LatencyTable.create(out, backend.fingerprint()) as table:
+                new = not table.counts()["models"] and not table.counts()["modules"] and not table.runs()
+                if new:
+                    table.set_meta(num_classes=str(num_classes), backend_spec=spec.model_dump_json())
+                elif table.num_classes != num_classes:
+                    raise ProfilingError(f"--num-classes {num_classes}: {out} was timed with {table.num_classes} "
+                                         "classes; pass that, or profile into another table")
+                anchor_archs = table.anchors()
+                if not anchor_archs and (new or add_anchors) and anchors > 0:
+                    anchor_archs = choose_anchors(space, anchors)
+                    table.set_meta(anchors=_json(anchor_archs))
+                elif not anchor_archs:
+                    report.warnings.append(f"{out} has no anchor models, so drift between runs cannot be measured; "
+                                           f"add them with: smnas profile-lut --resume --anchors --out {out}")
+                table.start_run(run_id, "resume" if resume else "profile", passes)
+                anchor_jobs = [model_job(_parse(a), num_classes, spec.batch, spec.precision, exporter)
+                               for a in anchor_archs]
+                reference = table.anchor_reference()
+                if anchor_jobs:
+                    start = time_anchors(backend, anchor_jobs, timing, cache, passes, report.split)
+                    for arch, stats in start.items():
+                        table.put_anchor_timing(run_id, arch, "start", stats)
+                    if resume and reference:
+                        report.drift = drift_against(reference, {a: s.median_ms for a, s in start.items()})
+                        if report.drift is not None:
+                            report.messages.append(report.drift.line("this resume"))
+                            if report.drift.warn:
+                                report.warnings.append(report.drift.warning("rows this resume adds"))
+                timed_jobs = _time_entries(table, backend, pieces, model_archs, kinds, end2end, num_classes, spec,
+                                           timing, cache, passes, exporter, report, on_plan, on_item)
+                if anchor_jobs and not report.interrupted:
+                    end = time_anchors(backend, anchor_jobs, timing, cache, passes, report.split)
+                    for arch, stats in end.items():
+                        table.put_anchor_timing(run_id, arch, "end", stats)
+                if repeat_check and timed_jobs and not report.interrupted:
+                    _repeat_check(table, backend, timed_jobs, timing, cache, passes, exporter, seed, report)
+                table.finish_run(run_id, repeat_n=report.repeat_n or None, repeat_median=report.repeat_median,
+                                 repeat_p90=report.repeat_p90)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        finally:
+            report.cache_hits, report.cache_misses, report.cache_altered = cache.hits, cache.misses, cache.altered
+            if own_cache:
+                cache.close()
+        report.elapsed_s = time.perf_counter() - t0
+        if report.cache_altered:
+            report.warnings.append(f"{report.cache_altered} cached ONNX file(s) no longer matched their recorded "
+                                   f"SHA-256 and were exported again ({cache.folder})")
+        return report
+
+
+@contextlib.contextmanager
+def table_writer_lock(out: Path) -> Iterator[None]:
+    """The latency table's one-writer lock, refused in one line naming the holder."""
     try:
-        with LatencyTable.create(out, backend.fingerprint()) as table:
-            new = not table.counts()["models"] and not table.counts()["modules"] and not table.runs()
-            if new:
-                table.set_meta(num_classes=str(num_classes), backend_spec=spec.model_dump_json())
-            elif table.num_classes != num_classes:
-                raise ProfilingError(f"--num-classes {num_classes}: {out} was timed with {table.num_classes} "
-                                     "classes; pass that, or profile into another table")
-            anchor_archs = table.anchors()
-            if not anchor_archs and (new or add_anchors) and anchors > 0:
-                anchor_archs = choose_anchors(space, anchors)
-                table.set_meta(anchors=_json(anchor_archs))
-            elif not anchor_archs:
-                report.warnings.append(f"{out} has no anchor models, so drift between runs cannot be measured; "
-                                       f"add them with: smnas profile-lut --resume --anchors --out {out}")
-            table.start_run(run_id, "resume" if resume else "profile", passes)
-            anchor_jobs = [model_job(_parse(a), num_classes, spec.batch, spec.precision, exporter)
-                           for a in anchor_archs]
-            reference = table.anchor_reference()
-            if anchor_jobs:
-                start = time_anchors(backend, anchor_jobs, timing, cache, passes, report.split)
-                for arch, stats in start.items():
-                    table.put_anchor_timing(run_id, arch, "start", stats)
-                if resume and reference:
-                    report.drift = drift_against(reference, {a: s.median_ms for a, s in start.items()})
-                    if report.drift is not None:
-                        report.messages.append(report.drift.line("this resume"))
-                        if report.drift.warn:
-                            report.warnings.append(report.drift.warning("rows this resume adds"))
-            timed_jobs = _time_entries(table, backend, pieces, model_archs, kinds, end2end, num_classes, spec,
-                                       timing, cache, passes, exporter, report, on_plan, on_item)
-            if anchor_jobs and not report.interrupted:
-                end = time_anchors(backend, anchor_jobs, timing, cache, passes, report.split)
-                for arch, stats in end.items():
-                    table.put_anchor_timing(run_id, arch, "end", stats)
-            if repeat_check and timed_jobs and not report.interrupted:
-                _repeat_check(table, backend, timed_jobs, timing, cache, passes, exporter, seed, report)
-            table.finish_run(run_id, repeat_n=report.repeat_n or None, repeat_median=report.repeat_median,
-                             repeat_p90=report.repeat_p90)
-    except KeyboardInterrupt:
-        report.interrupted = True
-    finally:
-        report.cache_hits, report.cache_misses, report.cache_altered = cache.hits, cache.misses, cache.altered
-        if own_cache:
-            cache.close()
-    report.elapsed_s = time.perf_counter() - t0
-    if report.cache_altered:
-        report.warnings.append(f"{report.cache_altered} cached ONNX file(s) no longer matched their recorded "
-                               f"SHA-256 and were exported again ({cache.folder})")
-    return report
+        with writer_lock(out):
+            yield
+    except LockHeld as held:
+        raise ProfilingError(f"{out} is being written by another process ({str(held)[:200]}); wait for "
+                             "it to finish or stop it (reading it with `smnas lut show` works meanwhile)") from None
 
 
 def _time_entries(table: LatencyTable, backend: Backend, pieces: list[Any], model_archs: list[Any],

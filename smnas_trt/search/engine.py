@@ -34,8 +34,9 @@ from typing import Any
 
 from rich.console import Console
 
+from smnas_trt.data import check_dataset
 from smnas_trt.errors import ArchError, ConfigError, DataError, SearchError, first_line
-from smnas_trt.fileio import atomic_dir, atomic_write_json, atomic_write_text
+from smnas_trt.fileio import LockHeld, atomic_dir, atomic_write_json, atomic_write_text, writer_lock
 from smnas_trt.profiling.cache import default_onnx_cache
 from smnas_trt.profiling.drift import Drift
 from smnas_trt.search import latency
@@ -123,7 +124,9 @@ def open_run(config: SearchConfig | None, out: str | Path, resume: bool,
 
 
 def create_run(config: SearchConfig, out: Path, console: Console | None = None) -> None:
-    """Check the budget against the table and predictor, then create the run directory atomically."""
+    """Check every input (data, backend, table, predictor, budget), then create the run directory
+    atomically: a failed start creates nothing."""
+    check_dataset(config.data, ("train", config.evaluation.split))
     config.latency.spec().check_here()  # e.g. latency.device cuda:0 on a machine without CUDA: one line
     if config.executor.kind != "ray":  # Ray workers may time on other machines: checked per timing there
         latency.check_device(config.latency)
@@ -564,12 +567,24 @@ def run_search(config: SearchConfig | None, out: str | Path, resume: bool = Fals
                stop_after: int | None = None) -> SearchResult:
     """Start a search in `out`, or continue the one there with `resume=True`. See `open_run`."""
     console = console or Console()
-    config, _created = open_run(config, out, resume, console)
-    search = Search(config, out, executor, console, show_progress)
+    with run_writer_lock(Path(out)):
+        config, _created = open_run(config, out, resume, console)
+        search = Search(config, out, executor, console, show_progress)
+        try:
+            return search.run(stop_after)
+        finally:
+            search.store.close()
+
+
+@contextmanager
+def run_writer_lock(out: Path) -> Iterator[None]:
+    """The run directory's one-writer lock, refused in one line naming the holder."""
     try:
-        return search.run(stop_after)
-    finally:
-        search.store.close()
+        with writer_lock(out):
+            yield
+    except LockHeld as held:
+        raise SearchError(f"run directory {str(out)!r} is in use by another search ({str(held)[:200]}); wait for "
+                          "it or stop it (`smnas report` reads it meanwhile)") from None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
