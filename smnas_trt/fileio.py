@@ -11,7 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,16 +80,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-class LockHeld(Exception):
-    """Another live process holds the writer lock; the message names it."""
-
-
 @contextmanager
-def writer_lock(path: str | Path) -> Iterator[None]:
+def writer_lock(path: str | Path, busy: Callable[[str], Exception]) -> Iterator[None]:
     """Hold the one-writer lock of `path` (a table or a run directory) for the block.
 
     An advisory flock on the sibling file ``<path>.lock`` that records the holder's pid and command.
-    A second writer gets LockHeld at once (never waits). The kernel drops the lock when the holder
+    A second writer gets ``busy(holder)`` raised at once (it never waits). The kernel drops the lock when the holder
     dies, so a killed writer never blocks the next one. Readers do not take it. The lock file is
     removed on release, and so are the parent folders this call had to create (a failed start leaves
     the output path as it was).
@@ -98,7 +94,7 @@ def writer_lock(path: str | Path) -> Iterator[None]:
     lock_path = path.with_name(path.name + ".lock")
     created = [p for p in reversed(path.parents) if not p.exists()]
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(lock_path)
+    fd = _acquire(lock_path, busy)
     try:
         os.ftruncate(fd, 0)
         since = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -113,7 +109,7 @@ def writer_lock(path: str | Path) -> Iterator[None]:
                     parent.rmdir()  # only if empty
 
 
-def _acquire(lock_path: Path) -> int:
+def _acquire(lock_path: Path, busy: Callable[[str], Exception]) -> int:
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -121,7 +117,7 @@ def _acquire(lock_path: Path) -> int:
         except BlockingIOError:
             holder = os.read(fd, 512).decode(errors="replace").strip() or "a process that is starting"
             os.close(fd)
-            raise LockHeld(holder) from None
+            raise busy(holder[:200]) from None
         # The holder may have released and unlinked the file between our open and flock: then
         # we locked a file nobody else will see, so try again on the current one.
         try:

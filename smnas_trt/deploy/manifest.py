@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from smnas_trt.errors import DeployError
+from smnas_trt.errors import DeployError, first_line, short_repr
 from smnas_trt.fileio import atomic_write_json, atomic_write_text, sha256_file
 
 MANIFEST = "manifest.json"
@@ -48,11 +48,11 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise DeployError(f"{path}: not valid JSON ({_first_line(e)}); deploy the model again") from None
+        raise DeployError(f"{path}: not valid JSON ({first_line(e, 120)}); deploy the model again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DeployError(f"{path} is not an smnas deployed-model manifest")
     if manifest.get("version") != MANIFEST_VERSION:
-        raise DeployError(f"{path}: manifest version {_short(manifest.get('version'))}, this smnas reads "
+        raise DeployError(f"{path}: manifest version {short_repr(manifest.get('version'))}, this smnas reads "
                           f"{MANIFEST_VERSION}")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
@@ -61,16 +61,6 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if problem:
         raise DeployError(f"{path}: damaged manifest ({problem}); deploy the model again")
     return manifest
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).splitlines()
-    return lines[0][:120] if lines else type(e).__name__
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _number_or_none(value: Any) -> bool:
@@ -100,9 +90,9 @@ def _schema_problem(m: dict[str, Any]) -> str | None:
     except ArchError as e:
         return f"arch does not parse: {e}"
     if m["arch_id"] != arch_id:
-        return f"arch_id {_short(m['arch_id'])} is not the id of its arch ({arch_id})"
+        return f"arch_id {short_repr(m['arch_id'])} is not the id of its arch ({arch_id})"
     if m["status"] not in ("ok", "failed", "pending"):  # pending: written by deploy before verification
-        return f"status {_short(m['status'])}"
+        return f"status {short_repr(m['status'])}"
     if not (isinstance(m["backend"], str) and isinstance(m["precision"], str)):
         return "backend or precision is not a string"
     files = m["files"]
@@ -111,11 +101,11 @@ def _schema_problem(m: dict[str, Any]) -> str | None:
     for name, entry in files.items():
         # A plain name in the folder: a path here would make the hash check read files elsewhere.
         if not name or Path(name).name != name or name in (".", ".."):
-            return f"file name {_short(name)}"
+            return f"file name {short_repr(name)}"
         if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
                 and isinstance(entry.get("bytes"), int) and not isinstance(entry["bytes"], bool)
                 and entry["bytes"] >= 0):
-            return f"files entry of {_short(name)} needs sha256 and bytes"
+            return f"files entry of {short_repr(name)} needs sha256 and bytes"
     graphs = m["graphs"]
     if not (isinstance(graphs, list) and graphs and all(
             isinstance(g, dict) and isinstance(g.get("name"), str) and _strings(g.get("inputs"))

@@ -38,7 +38,7 @@ from typing import Any, TypeGuard
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from smnas_trt.errors import ForeignDeviceError, PredictorError, SmnasError
+from smnas_trt.errors import ForeignDeviceError, PredictorError, SmnasError, first_line, short_repr
 from smnas_trt.fileio import atomic_dir, atomic_write_bytes, atomic_write_json
 from smnas_trt.predictors.features import SCHEMA_VERSION, FeatureConfig, Featurizer
 from smnas_trt.predictors.metrics import FlopsLinear, accuracy, coverage
@@ -471,13 +471,13 @@ class LatencyPredictor:
         try:
             meta = json.loads(meta_path.read_bytes().decode("utf-8"))
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise PredictorError(f"{meta_path}: not valid JSON ({_first_line(e)})") from None
+            raise PredictorError(f"{meta_path}: not valid JSON ({first_line(e, 120)})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise PredictorError(f"{meta_path}: not an smnas latency predictor (format {_short(found)})")
+            raise PredictorError(f"{meta_path}: not an smnas latency predictor (format {short_repr(found)})")
         if meta.get("format_version") != FORMAT_VERSION or meta.get("feature_schema") != SCHEMA_VERSION:
-            raise PredictorError(f"{path}: predictor format {_short(meta.get('format_version'))} / feature schema "
-                                 f"{_short(meta.get('feature_schema'))}, this smnas reads {FORMAT_VERSION} / "
+            raise PredictorError(f"{path}: predictor format {short_repr(meta.get('format_version'))} / feature schema "
+                                 f"{short_repr(meta.get('feature_schema'))}, this smnas reads {FORMAT_VERSION} / "
                                  f"{SCHEMA_VERSION}; refit it (smnas predictor fit)")
         listed = meta.get("files")
         if not (isinstance(listed, dict) and set(listed) == {MEAN_FILE, SCALE_FILE, MODULES_FILE}
@@ -507,12 +507,12 @@ class LatencyPredictor:
                                  "coefficient more than features; refit the predictor")
         quantile = meta.get("conformal_quantile")
         if not (_finite(quantile) and quantile >= 0):
-            raise PredictorError(f"{meta_path}: conformal_quantile {_short(quantile)} is not a number >= 0")
+            raise PredictorError(f"{meta_path}: conformal_quantile {short_repr(quantile)} is not a number >= 0")
         if meta.get("scope") not in ("network", "end2end"):
-            raise PredictorError(f"{meta_path}: scope {_short(meta.get('scope'))} is not network or end2end")
+            raise PredictorError(f"{meta_path}: scope {short_repr(meta.get('scope'))} is not network or end2end")
         n_train = meta.get("n_train")
         if not (isinstance(n_train, int) and not isinstance(n_train, bool) and n_train >= 1):
-            raise PredictorError(f"{meta_path}: n_train {_short(n_train)} is not a count")
+            raise PredictorError(f"{meta_path}: n_train {short_repr(n_train)} is not a count")
         within = (meta.get("cv_metrics") or {}).get("predictor", {}) if isinstance(meta.get("cv_metrics"), dict) \
             else None
         if not (isinstance(within, dict) and (within.get("within_10") is None or _finite(within["within_10"]))):
@@ -534,7 +534,7 @@ class LatencyPredictor:
             try:
                 booster.load_model(bytearray(files[name]))
             except (xgb.core.XGBoostError, ValueError) as e:  # its message decoding can fail too
-                raise PredictorError(f"{path / name}: XGBoost cannot read it ({_first_line(e)}); refit the "
+                raise PredictorError(f"{path / name}: XGBoost cannot read it ({first_line(e, 120)}); refit the "
                                      "predictor") from None
             if booster.num_features() != len(featurizer.names):
                 raise PredictorError(f"{path / name}: a model of {booster.num_features()} features, the schema has "
@@ -545,16 +545,6 @@ class LatencyPredictor:
         predictor = cls(core, float(quantile), featurizer, meta)
         predictor.check_fingerprint(fingerprint, what="this setup", allow_foreign=allow_foreign)
         return predictor
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).splitlines()
-    return lines[0][:120] if lines else type(e).__name__
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _finite(value: Any) -> TypeGuard[int | float]:
@@ -584,7 +574,7 @@ def _module_latencies(data: bytes, where: Path) -> dict[str, float]:
     try:
         module_ms = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:
-        raise PredictorError(f"{where}: not valid JSON ({_first_line(e)})") from None
+        raise PredictorError(f"{where}: not valid JSON ({first_line(e, 120)})") from None
     if not (isinstance(module_ms, dict) and all(_finite(v) and v >= 0 for v in module_ms.values())):
         raise PredictorError(f"{where}: expected an object of module keys to latencies in ms")
     return module_ms

@@ -23,7 +23,6 @@ exported once and timed `passes` times (chunk by chunk, the median pass kept).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from smnas_trt.errors import ArchError, ProfilingError, SmnasError, first_line
-from smnas_trt.fileio import LockHeld, writer_lock
+from smnas_trt.fileio import writer_lock
 from smnas_trt.profiling.backend import Backend, Runner
 from smnas_trt.profiling.cache import OnnxCache
 from smnas_trt.profiling.drift import Drift, drift_against
@@ -457,7 +456,11 @@ def profile_lut(
     kinds = check_module_kinds(module_kinds)
     if passes < 1:  # everything is checked before the table file is created
         raise ProfilingError(f"--passes must be >= 1, got {passes}")
-    with table_writer_lock(out):  # one writer per table: a second profile-lut is refused
+    def busy(holder: str) -> ProfilingError:  # one writer per table: a second profile-lut is refused
+        return ProfilingError(f"{out} is being written by another process ({holder}); wait for it to finish or "
+                              "stop it (reading it with `smnas lut show` works meanwhile)")
+
+    with writer_lock(out, busy):
         if out.exists() and not resume:
             raise ProfilingError(f"{out} exists; pass --resume to continue it, or choose another --out")
         if resume and not out.is_file():
@@ -536,17 +539,6 @@ def profile_lut(
             report.warnings.append(f"{report.cache_altered} cached ONNX file(s) no longer matched their recorded "
                                    f"SHA-256 and were exported again ({cache.folder})")
         return report
-
-
-@contextlib.contextmanager
-def table_writer_lock(out: Path) -> Iterator[None]:
-    """The latency table's one-writer lock, refused in one line naming the holder."""
-    try:
-        with writer_lock(out):
-            yield
-    except LockHeld as held:
-        raise ProfilingError(f"{out} is being written by another process ({str(held)[:200]}); wait for "
-                             "it to finish or stop it (reading it with `smnas lut show` works meanwhile)") from None
 
 
 def _time_entries(table: LatencyTable, backend: Backend, pieces: list[Any], model_archs: list[Any],

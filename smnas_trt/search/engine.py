@@ -36,7 +36,7 @@ from rich.console import Console
 
 from smnas_trt.data import check_dataset
 from smnas_trt.errors import ArchError, ConfigError, DataError, SearchError, first_line
-from smnas_trt.fileio import LockHeld, atomic_dir, atomic_write_json, atomic_write_text, writer_lock
+from smnas_trt.fileio import atomic_dir, atomic_write_json, atomic_write_text, writer_lock
 from smnas_trt.profiling.cache import default_onnx_cache
 from smnas_trt.profiling.drift import Drift
 from smnas_trt.search import latency
@@ -567,24 +567,17 @@ def run_search(config: SearchConfig | None, out: str | Path, resume: bool = Fals
                stop_after: int | None = None) -> SearchResult:
     """Start a search in `out`, or continue the one there with `resume=True`. See `open_run`."""
     console = console or Console()
-    with run_writer_lock(Path(out)):
+    def busy(holder: str) -> SearchError:  # one search per run directory
+        return SearchError(f"run directory {str(out)!r} is in use by another search ({holder}); wait for it or "
+                           "stop it (`smnas report` reads it meanwhile)")
+
+    with writer_lock(out, busy):
         config, _created = open_run(config, out, resume, console)
         search = Search(config, out, executor, console, show_progress)
         try:
             return search.run(stop_after)
         finally:
             search.store.close()
-
-
-@contextmanager
-def run_writer_lock(out: Path) -> Iterator[None]:
-    """The run directory's one-writer lock, refused in one line naming the holder."""
-    try:
-        with writer_lock(out):
-            yield
-    except LockHeld as held:
-        raise SearchError(f"run directory {str(out)!r} is in use by another search ({str(held)[:200]}); wait for "
-                          "it or stop it (`smnas report` reads it meanwhile)") from None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
