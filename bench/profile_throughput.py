@@ -111,7 +111,7 @@ def run_profile(args_list: list[str], split_file: Path, log: Path) -> dict[str, 
     if proc.returncode != 0:
         raise SystemExit(f"profile-lut exited with status {proc.returncode}; full output in {log}")
     observed = json.loads(split_file.read_text()) if split_file.is_file() else {"kinds": {}, "jobs": {}}
-    match = SHARE_LINE.search(proc.stdout.replace("\n", " "))
+    match = SHARE_LINE.search(" ".join(proc.stdout.split()))  # the console may wrap the line anywhere at a space
     return {"wall_s": wall, "stdout": proc.stdout, "observed": observed,
             "share_line": match.group(0) if match else None,
             "cache_hits": int(match.group(3)) if match else None,
@@ -242,8 +242,9 @@ def main() -> int:
     }
     rep = summary["repeat"]
     checks = {
-        f"wall <= 20 min for 300 models ({wall_min:.1f} min for {args.models}, "
-        f"{wall_min * 300 / max(args.models, 1):.1f} min scaled to 300)": wall_min * 300 / max(args.models, 1) <= 20,
+        # Anchors and the repeat check cost the same at any size, so a smaller run says nothing about 300.
+        f"wall <= 20 min for --models 300 ({wall_min:.1f} min for {args.models}"
+        + ("" if args.models == 300 else ": only judged at --models 300") + ")": args.models == 300 and wall_min <= 20,
         f"timed runs >= 50% of wall ({timed_share:.1%})": timed_share >= 0.5,
         "repeat difference median <= 3% (" + (f"{rep['median']:.2%}" if rep["median"] is not None else "none")
         + ")": rep["median"] is not None and rep["median"] <= 0.03,
