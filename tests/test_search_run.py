@@ -26,6 +26,7 @@ from smnas_trt.errors import ConfigError, DataError, SearchError
 from smnas_trt.search import RunStore, Search, load_front, load_search_config, parse_search_config, run_search
 from smnas_trt.search.config import SearchConfig
 from smnas_trt.search.engine import FRONT_FILE, open_run
+from smnas_trt.search.executors import InProcessExecutor
 from smnas_trt.search.pareto import dominates
 from smnas_trt.space.config import BUILTIN_SPACES
 
@@ -86,11 +87,37 @@ def _config(env: dict[str, Any], **over: Any) -> SearchConfig:
     return parse_search_config(raw)
 
 
+class SecondWriterExecutor(InProcessExecutor):
+    """The in-process executor, which before its first batch of jobs runs a second `smnas search`
+    on the same run directory: that one meets a search that holds the run, on any machine speed."""
+
+    def __init__(self, out: Path, seen: dict[str, Any]) -> None:
+        super().__init__(threads_per_task=1)
+        self.out, self.seen = out, seen
+
+    def run(self, fn: Any, jobs: Any, on_start: Any = None, **kw: Any) -> Any:
+        if "second_writer" not in self.seen:
+            self.seen["second_writer"] = subprocess.run(
+                [str(Path(sys.executable).parent / "smnas"), "search", "--resume", "--out", str(self.out)],
+                capture_output=True, text=True, timeout=120)
+        return super().run(fn, jobs, on_start, **kw)
+
+
 @pytest.fixture(scope="module")
 def finished_run(env: dict[str, Any]) -> Path:
+    """A finished tiny search; while it ran, a second `smnas search` on its directory tried to start."""
     out = env["root"] / "run-a"
-    run_search(_config(env), out, show_progress=False)
+    run_search(_config(env), out, executor=SecondWriterExecutor(out, env), show_progress=False)
     return out
+
+
+def test_a_second_search_on_a_run_in_use_is_refused_in_one_line(env: dict[str, Any], finished_run: Path) -> None:
+    refused = env["second_writer"]
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert (f"error: run directory {str(finished_run)!r} is in use by another search (pid {os.getpid()} since"
+            in refused.stderr)
+    assert not finished_run.with_name("run-a.lock").exists()  # released when the search ended
+    # The killed search of test_sigkill_during_training_then_resume held the lock too: its resume runs.
 
 
 def test_tiny_search_completes_with_a_non_dominated_front(env: dict[str, Any], finished_run: Path) -> None:
@@ -257,7 +284,6 @@ def test_sigkill_during_training_then_resume(env: dict[str, Any]) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     in_training: list[tuple[str, int]] = []
     done_before: dict[str, float | None] = {}
-    second_writer: subprocess.CompletedProcess[str] | None = None
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -270,11 +296,6 @@ def test_sigkill_during_training_then_resume(env: dict[str, Any]) -> None:
                     rows = []
                 done = {r[0]: r[3] for r in rows if r[1] == "done"}
                 training = [(r[0], r[2]) for r in rows if r[1] == "training"]
-                if second_writer is None:
-                    second_writer = subprocess.run(
-                        [str(Path(sys.executable).parent / "smnas"), "search", "--resume", "--out", str(out)],
-                        capture_output=True, text=True, timeout=120)
-                    continue
                 if training and len(done) >= 1:
                     os.kill(proc.pid, signal.SIGKILL)
                     proc.wait()
@@ -287,11 +308,6 @@ def test_sigkill_during_training_then_resume(env: dict[str, Any]) -> None:
             proc.wait()
     err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
     assert in_training, f"never caught a candidate in training: {err}"
-    # A second writer on the same run was refused in one line naming the holder; the dead holder's
-    # lock does not block the resume below (the kernel released it).
-    assert second_writer is not None and second_writer.returncode == 2
-    assert len(second_writer.stderr.strip().splitlines()) == 1
-    assert f"is in use by another search (pid {proc.pid} since" in second_writer.stderr
     # The store on disk still says 'training' for the killed candidate.
     store = RunStore(out / "run.db", readonly=True)
     assert [c.arch_id for c in store.candidates(status="training")] == [a for a, _ in in_training]

@@ -10,10 +10,19 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from smnas_trt.errors import ConfigError
 from smnas_trt.predictors.predictor import FitConfig
@@ -28,6 +37,16 @@ TRAINING_OWNED = frozenset({"epochs", "input_size", "seed", "device", "threads",
 
 BUILTIN_SEARCH_CONFIGS = {"demo": CONFIG_DIR / "search_demo.yaml"}
 
+
+
+
+def _no_nul(path: str) -> str:
+    if "\x00" in path:
+        raise ValueError("a path cannot contain a NUL byte")
+    return path
+
+
+PathText = Annotated[str, AfterValidator(_no_nul)]  # a file or folder path as written in the YAML
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,8 +71,8 @@ class LatencyConfig(_Strict):
                         "predictions by it (off: predict the table's machine state, e.g. to replay a run exactly).")
     num_classes: int | None = Field(None, ge=2, description="Classes incl. background the heads are timed with; "
                                     "must match the table (default: the table's).")
-    lut: str = Field(description="Latency table (SQLite) from `smnas profile-lut`; copied into the run.")
-    predictor: str | None = Field(None, description="A fitted predictor folder; fitted from `lut` when omitted.")
+    lut: PathText = Field(description="Latency table (SQLite) from `smnas profile-lut`; copied into the run.")
+    predictor: PathText | None = Field(None, description="A fitted predictor folder; fitted from `lut` when omitted.")
     refit: bool = Field(True, description="Refit the predictor on the new timings after every generation.")
     predictor_fit: FitConfig = Field(default_factory=FitConfig, description="Settings for fitting the predictor "
                                      "here (rounds, folds, max_depth, ...).")
@@ -179,8 +198,8 @@ class ExecutorConfig(_Strict):
 
 class SearchConfig(_Strict):
     name: str = "search"
-    space: str = Field("demo", description="Space YAML path or built-in name (demo, paper).")
-    data: str = Field(description="COCO-format dataset folder (e.g. from `smnas data demo`).")
+    space: PathText = Field("demo", description="Space YAML path or built-in name (demo, paper).")
+    data: PathText = Field(description="COCO-format dataset folder (e.g. from `smnas data demo`).")
     seed: int = 0
     strategy: Literal["smnas", "random"] = Field(
         "smnas", description="smnas: structural then modular evolution; random: uniform archs every generation.")
