@@ -540,7 +540,11 @@ def deploy_cmd(
     checkpoint: str = typer.Option(None, help="Deploy one checkpoint of `smnas train` instead of a run."),
     data: str = typer.Option(None, help="Dataset for verification (default: the run's dataset)."),
     backend: str = typer.Option("ort-cpu", help="tensorrt, ort-cuda, ort-cpu or torch."),
-    precision: str = typer.Option("fp32", help="fp32 or fp16 (fp16: tensorrt, ort-cuda, torch on cuda)."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 (tensorrt, ort-cuda, torch on cuda) or int8 (QDQ graphs "
+                                               "calibrated on the dataset's training images: ort-cpu, ort-cuda, "
+                                               "tensorrt)."),
+    calibration_images: int = typer.Option(64, help="int8: training images the activation ranges come from."),
+    seed: int = typer.Option(0, help="int8: seed of the calibration images' draw."),
     out: str = typer.Option("deployed", "--out", "-o", help="Output folder: OUT/<arch id>/ per model, OUT/models.md."),
     overwrite: bool = typer.Option(False, help="Replace model folders that already exist in OUT."),
     threads: int = typer.Option(DEFAULT_THREADS, help="CPU intra-op threads it runs and is timed with (1: as the "
@@ -568,7 +572,8 @@ def deploy_cmd(
         raise DeployError("--front and --arch exclude each other")
     targets = targets_from_run(run, arch or None, data) if run else [target_from_checkpoint(checkpoint, data)]
     options = DeployOptions(out=Path(out), spec=spec, overwrite=overwrite, verify_images=verify_images,
-                            timing=TimingConfig.quick() if quick else TimingConfig())
+                            timing=TimingConfig.quick() if quick else TimingConfig(),
+                            calibration_images=calibration_images, seed=seed)
     console.print(f"smnas deploy: {len(targets)} model(s) -> {out} on {spec.describe()}", highlight=False)
     printer = StagePrinter(console, len(targets))
     result = deploy_models(targets, options, printer, printer.model)
