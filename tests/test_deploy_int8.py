@@ -3,6 +3,7 @@ against float PyTorch with the INT8 tolerances, loaded and run; no dataset to ca
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -149,3 +150,34 @@ def test_deployed_ap_equals_a_direct_pycocotools_evaluation(trained: tuple[Path,
     assert accuracy["deployed"]["AP50"] == pytest.approx(float(coco_eval.stats[1]), abs=1e-9)
     index = (tmp_path / "s" / "models.md").read_text()
     assert "| AP (deployed) | ΔAP |" in index and f"{accuracy['delta_ap']:+.3f}" in index
+
+
+def test_cli_compare_fp32_int8_writes_one_table(trained: tuple[Path, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from smnas_trt.cli import main
+
+    data, ckpt = trained
+    out = tmp_path / "cmp"
+    monkeypatch.setattr(sys, "argv", ["smnas", "deploy", "--checkpoint", str(ckpt), "--data", str(data), "--out",
+                                      str(out), "--compare", "fp32,int8", "--calibration-images", "4",
+                                      "--verify-images", "2", "--quick"])
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code
+    report = json.loads((out / "compare.json").read_text())
+    assert [r["precision"] for r in report["rows"]] == ["fp32", "int8"]
+    fp32, int8 = report["rows"]
+    assert fp32["delta_ap"] == 0.0 and fp32["speedup"] == 1.0
+    assert int8["delta_ap"] == pytest.approx(int8["ap"] - fp32["ap"]) and int8["speedup"] > 0
+    assert read_manifest(out / "int8" / int8["arch_id"])["precision"] == "int8"
+    assert "| AP (deployed) | ΔAP |" in (out / "compare.md").read_text()
+
+
+def test_compare_needs_two_precisions() -> None:
+    from smnas_trt.deploy.compare import parse_precisions
+
+    with pytest.raises(DeployError, match="two or more different precisions"):
+        parse_precisions("int8", "ort-cpu")
+    with pytest.raises(DeployError, match="int8 runs quantized"):
+        parse_precisions("fp32,int8", "torch")
