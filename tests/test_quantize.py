@@ -245,3 +245,42 @@ def test_cli_profile_lut_int8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         assert table.fingerprint.precision == "int8"
         assert len(table.model_rows("network")) == 2
         assert all(r.extra["int8"]["scheme"] == "u8s8" for r in table.model_rows())
+
+
+def test_search_latency_int8_screens_on_int8_tables_only(tmp_path: Path) -> None:
+    """`latency.precision: int8` builds an int8 backend; an fp32 table (or predictor) is refused in one line."""
+    from smnas_trt.search.config import LatencyConfig
+    from smnas_trt.search.latency import check_device
+
+    fp32 = BackendSpec(threads=1).build().fingerprint()
+    archs = [tiny_fpn_arch()]
+    _synthetic_rows(tmp_path / "fp32.db", fp32, archs)
+    _synthetic_rows(tmp_path / "int8.db", replace(fp32, precision="int8"), archs)
+    int8_cfg = LatencyConfig(budget_ms=10, precision="int8", lut=str(tmp_path / "int8.db"))
+    assert int8_cfg.spec().precision == "int8"
+    check_device(int8_cfg)
+    with pytest.raises(ForeignDeviceError) as caught:
+        check_device(LatencyConfig(budget_ms=10, precision="int8", lut=str(tmp_path / "fp32.db")))
+    assert "\n" not in str(caught.value) and "int8" in str(caught.value)
+    with pytest.raises(ValueError, match="int8 runs quantized"):
+        LatencyConfig(budget_ms=10, backend="torch", precision="int8", lut=str(tmp_path / "int8.db"))
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_builds_int8_engine_from_the_qdq_graph(body: tuple[Any, Path], tmp_path: Path) -> None:
+    """TensorRT 10/11: the symmetric QDQ graph builds as an INT8 engine (strongly typed, no calibrator) and runs."""
+    pytest.importorskip("tensorrt")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    graph, fp32 = body
+    feed = {name: x.numpy() for name, x in zip(graph.input_names, graph.example_inputs, strict=True)}
+    int8 = tmp_path / "int8.onnx"
+    quantize_onnx(fp32, int8, [feed], "s8s8")
+    backend = BackendSpec(backend="tensorrt", precision="int8").build(cache_dir=tmp_path / "engines")
+    with pytest.raises(ProfilingError, match="needs a QDQ graph"):
+        backend.load(fp32)
+    with backend.load(int8) as runner:
+        got = runner.run(feed)
+    want = _session(int8, optimise=False).run(None, feed)  # the exact QDQ arithmetic
+    for w, g in zip(want, got, strict=True):
+        assert np.corrcoef(w.ravel(), np.asarray(g).ravel())[0, 1] > 0.95
