@@ -45,8 +45,9 @@ from smnas_trt.space import Arch
 
 BACKENDS = BACKEND_NAMES
 DEFAULT_VERIFY_IMAGES = 8
-# int8: activation ranges (MinMax) from this many of the run's training images, drawn with `seed`. On the demo
-# data and tiny models 64 images give the ranges of the whole split; more cost calibration time, not accuracy.
+# int8: activation ranges (MinMax) from this many of the run's training images, drawn with `seed` (all of them
+# when the split is smaller). 64 is in the range post-training quantization guides use (tens to a few hundred
+# images); how AP moves with it is not measured yet: bench/int8_speed.py --calibration-images N shows it.
 DEFAULT_CALIBRATION_IMAGES = 64
 VERIFY_SCORE_THRESH = 0.01
 
