@@ -540,7 +540,13 @@ def deploy_cmd(
     checkpoint: str = typer.Option(None, help="Deploy one checkpoint of `smnas train` instead of a run."),
     data: str = typer.Option(None, help="Dataset for verification (default: the run's dataset)."),
     backend: str = typer.Option("ort-cpu", help="tensorrt, ort-cuda, ort-cpu or torch."),
-    precision: str = typer.Option("fp32", help="fp32 or fp16 (fp16: tensorrt, ort-cuda, torch on cuda)."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 (tensorrt, ort-cuda, torch on cuda) or int8 (QDQ graphs "
+                                               "calibrated on the dataset's training images: ort-cpu, ort-cuda, "
+                                               "tensorrt)."),
+    calibration_images: int = typer.Option(64, help="int8: training images the activation ranges come from."),
+    compare: str = typer.Option(None, help="Deploy once per precision, e.g. fp32,int8, into OUT/<precision>/ and "
+                                           "write OUT/compare.md: size, deployed AP, ΔAP, latency side by side."),
+    seed: int = typer.Option(0, help="int8: seed of the calibration images' draw."),
     out: str = typer.Option("deployed", "--out", "-o", help="Output folder: OUT/<arch id>/ per model, OUT/models.md."),
     overwrite: bool = typer.Option(False, help="Replace model folders that already exist in OUT."),
     threads: int = typer.Option(DEFAULT_THREADS, help="CPU intra-op threads it runs and is timed with (1: as the "
@@ -557,20 +563,33 @@ def deploy_cmd(
     from pathlib import Path
 
     from smnas_trt.deploy import DeployOptions, deploy_models, deploy_spec, target_from_checkpoint, targets_from_run
+    from smnas_trt.deploy.compare import COMPARE_MD, compare_precisions, parse_precisions
     from smnas_trt.deploy.console import StagePrinter, print_summary
     from smnas_trt.errors import DeployError
     from smnas_trt.profiling.timing import TimingConfig
 
     spec = deploy_spec(backend, precision, threads, device)
+    specs = parse_precisions(compare, backend, threads, device) if compare else None
+    if specs and precision != "fp32":
+        raise DeployError("--compare and --precision exclude each other: list the precisions in --compare")
     if (run is None) == (checkpoint is None):
         raise DeployError("give --run RUN (with --front or --arch ID) or --checkpoint CKPT --data DIR")
     if front and arch:
         raise DeployError("--front and --arch exclude each other")
     targets = targets_from_run(run, arch or None, data) if run else [target_from_checkpoint(checkpoint, data)]
     options = DeployOptions(out=Path(out), spec=spec, overwrite=overwrite, verify_images=verify_images,
-                            timing=TimingConfig.quick() if quick else TimingConfig())
-    console.print(f"smnas deploy: {len(targets)} model(s) -> {out} on {spec.describe()}", highlight=False)
+                            timing=TimingConfig.quick() if quick else TimingConfig(),
+                            calibration_images=calibration_images, seed=seed)
     printer = StagePrinter(console, len(targets))
+    if specs:
+        console.print(f"smnas deploy: {len(targets)} model(s) -> {out}/<precision> on "
+                      f"{', '.join(s.describe() for s in specs)}", highlight=False)
+        report = compare_precisions(targets, options, specs, printer, printer.model)
+        console.print((Path(out) / COMPARE_MD).read_text(), highlight=False, markup=False)
+        if any(r["status"] != "ok" for r in report["rows"]):
+            raise SystemExit(1)
+        return
+    console.print(f"smnas deploy: {len(targets)} model(s) -> {out} on {spec.describe()}", highlight=False)
     result = deploy_models(targets, options, printer, printer.model)
     print_summary(console, result)
     if result.failed:

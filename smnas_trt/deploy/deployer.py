@@ -45,6 +45,10 @@ from smnas_trt.space import Arch
 
 BACKENDS = BACKEND_NAMES
 DEFAULT_VERIFY_IMAGES = 8
+# int8: activation ranges (MinMax) from this many of the run's training images, drawn with `seed` (all of them
+# when the split is smaller). 64 is in the range post-training quantization guides use (tens to a few hundred
+# images); how AP moves with it is not measured yet: bench/int8_speed.py --calibration-images N shows it.
+DEFAULT_CALIBRATION_IMAGES = 64
 VERIFY_SCORE_THRESH = 0.01
 
 
@@ -69,6 +73,11 @@ class DeployOptions:
     verify_images: int = DEFAULT_VERIFY_IMAGES
     split: str = "val"
     timing: TimingConfig = field(default_factory=TimingConfig)
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # int8: training images the activation scales come from
+    calibration_split: str = "train"
+    seed: int = 0  # int8: which training images calibrate
+    score: bool = True  # COCO AP of the deployed model itself (and of PyTorch) on `split`
+    score_images: int | None = None  # first N images of the split (None: all)
 
 
 @dataclass
@@ -200,6 +209,10 @@ def deploy_models(targets: list[DeployTarget], options: DeployOptions, log: Stag
                               "another --out")
         if t.data_dir is None:
             raise DeployError(f"model {t.arch_id}: no dataset to verify on; pass --data DIR")
+        if options.spec.precision == "int8":
+            _check_calibration_data(t, options)
+    if options.spec.precision == "int8" and options.calibration_images < 1:
+        raise DeployError(f"--calibration-images must be >= 1, got {options.calibration_images}")
     backend = options.spec.build()  # raises BackendUnavailableError here, before any export
     start = time.perf_counter()
     drifts = _measure_drifts(targets, options, backend, log)
@@ -217,6 +230,18 @@ def deploy_models(targets: list[DeployTarget], options: DeployOptions, log: Stag
     out.mkdir(parents=True, exist_ok=True)
     index_json, index_md = write_index(out)
     return DeployResult(out, models, index_json, index_md, time.perf_counter() - start)
+
+
+def _check_calibration_data(target: DeployTarget, options: DeployOptions) -> None:
+    """int8 needs training images to calibrate on: refused in one line before anything is written."""
+    from smnas_trt.data.coco import resolve_split
+    from smnas_trt.errors import DataError
+
+    try:
+        resolve_split(target.data_dir, options.calibration_split)  # type: ignore[arg-type]
+    except DataError as e:
+        raise DeployError(f"model {target.arch_id}: --precision int8 calibrates on the '{options.calibration_split}' "
+                          f"images of the dataset, but {e}; pass --data DIR with a training split") from None
 
 
 def _run_of(target: DeployTarget) -> str | None:
@@ -295,7 +320,7 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
                 (tmp / WEIGHTS_FILE).stat().st_size)
             graphs = [{"name": s.name, "inputs": s.input_names, "outputs": s.output_names} for s in specs]
         else:
-            graphs = _export_graphs(specs, tmp, options, backend, log, files)
+            graphs = _export_graphs(specs, tmp, options, log, files)
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "smnas_version": __version__,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -316,8 +341,13 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
             "verification": {"score_thresh": VERIFY_SCORE_THRESH}, "latency": {},
             "source": {"checkpoint": str(Path(target.checkpoint).resolve()), "data": str(target.data_dir),
                        "split": options.split, "run": (target.search or {}).get("run")},
-            "files": file_entries(tmp, files),
+            "files": {},
         }
+        if spec.precision == "int8":
+            manifest["calibration"] = _calibrate(model, target, options, tmp, manifest, log)
+        if spec.backend == "tensorrt":
+            _build_engines(graphs, tmp, options, backend, log, files)
+        manifest["files"] = file_entries(tmp, files)
         write_manifest(tmp, manifest)
         detector = Detector.load(tmp, allow_failed=True)
         try:
@@ -328,6 +358,7 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
             t0 = time.perf_counter()
             pixels = images[0][0]
             timed = detector.time(pixels, options.timing)
+            accuracy = _score(model, detector, target, options, log) if options.score else None
         finally:
             detector.close()
         latency = _latency_record(timed, target, options, drift)
@@ -335,14 +366,15 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
         manifest.update(status="ok" if verification.passed else "failed",
                         verification={**verification.to_dict(), "score_thresh": VERIFY_SCORE_THRESH,
                                       "split": options.split},
-                        latency=latency)
+                        latency=latency, accuracy=accuracy)
         write_manifest(tmp, manifest)
     log("saved", str(folder), None, sum(f["bytes"] for f in manifest["files"].values()))
     return read_manifest(folder)
 
 
-def _export_graphs(specs: list[Any], tmp: Path, options: DeployOptions, backend: Any, log: StageLog,
+def _export_graphs(specs: list[Any], tmp: Path, options: DeployOptions, log: StageLog,
                    files: list[str]) -> list[dict[str, Any]]:
+    """Export each graph to `tmp` (fp32 for int8: quantized after calibration) and list it in `files`."""
     from smnas_trt.profiling.export import export_onnx
 
     graphs = []
@@ -353,23 +385,85 @@ def _export_graphs(specs: list[Any], tmp: Path, options: DeployOptions, backend:
                            precision=options.spec.precision, input_names=spec.input_names,
                            output_names=spec.output_names)
         files.append(onnx_name)
-        log("export", f"{onnx_name} (ONNX opset {info.opset}, {info.exporter}, {options.spec.precision})",
+        log("export", f"{onnx_name} (ONNX opset {info.opset}, {info.exporter}, {info.precision})",
             time.perf_counter() - t0, (tmp / onnx_name).stat().st_size)
-        entry: dict[str, Any] = {"name": spec.name, "onnx": onnx_name, "inputs": spec.input_names,
-                                 "outputs": spec.output_names, "exporter": info.exporter, "opset": info.opset,
-                                 "input_shapes": [list(s) for s in info.input_shapes]}
-        if options.spec.backend == "tensorrt":
-            t0 = time.perf_counter()
-            runner = backend.load(tmp / onnx_name)  # builds (or reuses) the engine in the backend's cache
-            runner.close()
-            engine_name = f"{spec.name}.engine"
-            shutil.copyfile(backend.engine_path(tmp / onnx_name), tmp / engine_name)
-            files.append(engine_name)
-            entry["engine"] = engine_name
-            log("engine", f"{engine_name} (TensorRT {backend.version()}, {options.spec.precision})",
-                time.perf_counter() - t0, (tmp / engine_name).stat().st_size)
-        graphs.append(entry)
+        graphs.append({"name": spec.name, "onnx": onnx_name, "inputs": spec.input_names,
+                       "outputs": spec.output_names, "exporter": info.exporter, "opset": info.opset,
+                       "input_shapes": [list(s) for s in info.input_shapes]})
     return graphs
+
+
+def _build_engines(graphs: list[dict[str, Any]], tmp: Path, options: DeployOptions, backend: Any, log: StageLog,
+                   files: list[str]) -> None:
+    """A TensorRT engine per graph (int8: from the QDQ graph), copied into the model folder."""
+    for entry in graphs:
+        t0 = time.perf_counter()
+        onnx_path = tmp / entry["onnx"]
+        runner = backend.load(onnx_path)  # builds (or reuses) the engine in the backend's cache
+        runner.close()
+        engine_name = f"{entry['name']}.engine"
+        shutil.copyfile(backend.engine_path(onnx_path), tmp / engine_name)
+        files.append(engine_name)
+        entry["engine"] = engine_name
+        log("engine", f"{engine_name} (TensorRT {backend.version()}, {options.spec.precision})",
+            time.perf_counter() - t0, (tmp / engine_name).stat().st_size)
+
+
+def _calibrate(model: Any, target: DeployTarget, options: DeployOptions, tmp: Path, manifest: dict[str, Any],
+               log: StageLog) -> dict[str, Any]:
+    """Quantize the exported fp32 graphs in `tmp` in place (QDQ, `profiling.quantize`), calibrated on the inputs
+    each graph receives from the float pipeline on `calibration_images` training images drawn with `seed`."""
+    import random
+
+    from smnas_trt.data import CocoDetection
+    from smnas_trt.profiling.quantize import quantize_onnx, scheme_for
+
+    t0 = time.perf_counter()
+    arch: Arch = model.arch
+    assert target.data_dir is not None
+    data = CocoDetection(target.data_dir, options.calibration_split, (arch.size.width, arch.size.height))
+    n = min(options.calibration_images, len(data))
+    indices = sorted(random.Random(options.seed).sample(range(len(data)), n))
+    feeds: dict[str, list[dict[str, Any]]] = {g["name"]: [] for g in manifest["graphs"]}
+    names = {g["name"]: g["inputs"] for g in manifest["graphs"]}
+
+    def keep(run: GraphRun) -> None:
+        feeds[run.name].append(dict(zip(names[run.name], run.inputs, strict=True)))
+
+    with Detector.float_onnx(tmp, manifest, model) as reference:
+        for index in indices:
+            reference.detect_prepared(reference.normalise(data[index][0]), keep)
+    scheme = scheme_for(options.spec.backend)
+    qdq: dict[str, int] = {}
+    info = None
+    for graph in manifest["graphs"]:
+        info = quantize_onnx(tmp / graph["onnx"], tmp / graph["onnx"], feeds[graph["name"]], scheme)
+        qdq[graph["name"]] = info.qdq_nodes
+    assert info is not None
+    record = {"split": options.calibration_split, "images": n, "available": len(data), "seed": options.seed,
+              "method": info.method, "scheme": scheme, "per_channel": info.per_channel,
+              "quantized_ops": list(info.quantized_ops), "float_ops": info.float_ops, "qdq_nodes": qdq,
+              "what": "activation ranges of the float graphs on these training images (MinMax); weights per channel"}
+    log("calibrate", f"{n} {options.calibration_split} images (of {len(data)}, seed {options.seed}), {scheme} "
+        f"{info.method}; {sum(qdq.values())} Q/DQ nodes", time.perf_counter() - t0, None)
+    return record
+
+
+def _score(model: Any, detector: Detector, target: DeployTarget, options: DeployOptions,
+           log: StageLog) -> dict[str, Any]:
+    from smnas_trt.data import CocoDetection
+    from smnas_trt.deploy.score import score_deployed
+
+    t0 = time.perf_counter()
+    arch: Arch = model.arch
+    assert target.data_dir is not None
+    dataset = CocoDetection(target.data_dir, options.split, (arch.size.width, arch.size.height),
+                            max_images=options.score_images)
+    record = score_deployed(model, detector, dataset)
+    log("score", f"AP {record['deployed']['AP']:.3f} deployed vs {record['pytorch']['AP']:.3f} PyTorch "
+        f"(ΔAP {record['delta_ap']:+.3f}) on {record['images']} {options.split} images", time.perf_counter() - t0,
+        None)
+    return record
 
 
 def _postprocess_settings(model: Any) -> dict[str, Any]:

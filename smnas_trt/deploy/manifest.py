@@ -176,6 +176,8 @@ def index_rows(root: Path) -> list[dict[str, Any]]:
         rows.append({
             "arch_id": m["arch_id"], "arch": m["arch"], "status": m["status"], "backend": m["backend"],
             "precision": m["precision"], "ap": m.get("ap"), "ap50": m.get("ap50"),
+            "ap_deployed": _accuracy(m, "deployed", "AP"), "ap50_deployed": _accuracy(m, "deployed", "AP50"),
+            "ap_pytorch": _accuracy(m, "pytorch", "AP"), "delta_ap": _accuracy(m, "delta_ap"),
             "network_ms": net.get("median_ms"), "end2end_ms": e2e.get("median_ms"),
             "predicted_ms": (lat.get("search") or {}).get("predicted_ms"),
             "predicted_scope": (lat.get("search") or {}).get("scope"),
@@ -187,21 +189,30 @@ def index_rows(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _accuracy(m: dict[str, Any], *keys: str) -> float | None:
+    """A figure of the manifest's `accuracy` record (the deployed model's own AP), None where absent."""
+    value: Any = m.get("accuracy")
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def write_index(root: Path) -> tuple[Path, Path]:
     """Rewrite DIR/models.json and DIR/models.md from the manifests under DIR."""
     rows = index_rows(root)
     atomic_write_json(root / INDEX_JSON, {"models": rows})
     lines = [
         "# Deployed models", "",
-        "| id | arch | status | backend | precision | AP | AP50 | network ms | end2end ms | predicted ms "
-        "| matched @IoU0.99 | max Δscore | MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| id | arch | status | backend | precision | AP | AP50 | AP (deployed) | ΔAP | network ms | end2end ms "
+        "| predicted ms | matched @IoU0.99 | max Δscore | MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         predicted = "-" if r["predicted_ms"] is None else f"{r['predicted_ms']:.2f} ({r['predicted_scope']})"
         lines.append(
             f"| {r['arch_id']} | `{r['arch']}` | {r['status']} | {r['backend']} | {r['precision']} | "
-            f"{_fmt(r['ap'], '.3f')} | {_fmt(r['ap50'], '.3f')} | {_fmt(r['network_ms'], '.2f')} | "
+            f"{_fmt(r['ap'], '.3f')} | {_fmt(r['ap50'], '.3f')} | {_fmt(r['ap_deployed'], '.3f')} | "
+            f"{_fmt(r['delta_ap'], '+.3f')} | {_fmt(r['network_ms'], '.2f')} | "
             f"{_fmt(r['end2end_ms'], '.2f')} | {predicted} | {_fmt(r['match_share'], '.1%')} | "
             f"{_fmt(r['max_score_diff'], '.2g')} | {r['size_mb']:.1f} |")
     atomic_write_text(root / INDEX_MD, "\n".join(lines) + "\n")

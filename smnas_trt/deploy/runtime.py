@@ -135,6 +135,16 @@ class Detector:
             runners = _file_runners(folder, manifest, spec)
         return cls(folder, manifest, model, runners, specs)
 
+    @classmethod
+    def float_onnx(cls, folder: str | Path, manifest: dict[str, Any], model: Any) -> Detector:
+        """The folder's ONNX graphs on ONNX Runtime CPU as they are (fp32), whatever the manifest ships for:
+        the float pipeline whose graph inputs calibrate an int8 deploy. `model` supplies pre/post-processing."""
+        folder = Path(folder)
+        spec = BackendSpec(threads=1)
+        float_manifest = {**manifest, "backend": spec.backend, "precision": spec.precision,
+                          "backend_spec": spec.model_dump()}
+        return cls(folder, float_manifest, model, _file_runners(folder, float_manifest, spec), None)
+
     def close(self) -> None:
         for runner in self.runners:
             runner.close()

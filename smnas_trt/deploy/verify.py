@@ -46,6 +46,18 @@ TOLERANCES = {
     # 10-bit mantissa: boxes move by ~0.1 px, scores by ~1e-3; small boxes can dip below IoU 0.99.
     "fp16": Tolerance(match_iou=0.9, min_match_share=0.95, max_score_diff=0.03, max_output_rel_diff=0.05,
                       borderline=0.02, box_atol=0.5),
+    # 8-bit activations (255 steps over each tensor's calibrated range, values beyond it clipped) and 7/8-bit
+    # weights, rounding in every layer: boxes move by a pixel or two, scores by a few hundredths, and a
+    # detection near the score cut-off can fall out on one side. So a pair matches at IoU 0.5 (COCO's own
+    # criterion for the same object: what AP counts), 80% of detections must match, scores may differ by up
+    # to 0.15, a one-sided detection within 0.1 of the cut-off is borderline, and the worst element of a raw
+    # graph output may be off by half its range: a feature-map element beyond the calibrated range is
+    # clipped. Measured on the tests' tiny two-stage model (5 calibration images, 3 val images): 100% of
+    # detections matched at IoU 0.5 (73% at 0.99), max |Δscore| 0.014; worst elements 0.23-0.30 of the range
+    # for the FPN maps, 0.02 for the RoI head's outputs. The deployed model's AP on the val split is the
+    # real test of an int8 model; these bounds catch a broken graph, not a lossy one.
+    "int8": Tolerance(match_iou=0.5, min_match_share=0.8, max_score_diff=0.15, max_output_rel_diff=0.5,
+                      borderline=0.1, box_atol=2.0),
 }
 
 

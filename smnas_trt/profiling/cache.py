@@ -5,7 +5,10 @@ and its export info). A hit is checked against the recorded hash: an altered or 
 removed and exported again, and counted (`altered`) so the run can say so once. The key must name
 everything the graph depends on but its weights (timings do not depend on weight values): the
 graph's own key, classes, batch, precision, exporter and `GRAPH_FORMAT`, which changes whenever the
-way graphs are built changes. Default folder: `$SMNAS_CACHE/onnx` (else ~/.cache/smnas_trt/onnx).
+way graphs are built changes. An int8 graph is the fp32 export quantized (QDQ) by `profiling.quantize`
+on seeded random calibration feeds; its key also names the scheme (u8s8 for ort-cpu, s8s8 for
+tensorrt) and `QUANT_FORMAT`, so fp32 and int8 graphs of one model are cached apart.
+Default folder: `$SMNAS_CACHE/onnx` (else ~/.cache/smnas_trt/onnx).
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from smnas_trt.errors import ProfilingError
 from smnas_trt.fileio import atomic_write_json, sha256_file
 from smnas_trt.profiling.export import Exporter, ExportInfo, export_onnx
+from smnas_trt.profiling.quantize import QUANT_FORMAT, Scheme, quantize_onnx, random_feeds
 
 GRAPH_FORMAT = 2  # 2: graphs of models/graphs.py (rpn + roi with LevelRoIAlign for two-stage models)
 
@@ -94,9 +99,20 @@ class OnnxCache:
         self.hits += 1
         return info
 
+    @staticmethod
+    def int8_key(key: str, scheme: Scheme) -> str:
+        """The key of the int8 graph of `key` quantized with `scheme`."""
+        return f"{key}|int8-{scheme}|quant{QUANT_FORMAT}"
+
     def export(self, key: str, module: Any, inputs: Sequence[Any], *, exporter: Exporter, precision: str,
-               input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None) -> ExportInfo:
-        """`get(key)`, else export the module and record it."""
+               input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+               scheme: Scheme | None = None) -> ExportInfo:
+        """`get(key)`, else export the module and record it. precision int8 needs the `scheme` (and quantizes
+        the fp32 export on seeded random feeds: timing does not depend on calibration data)."""
+        if precision == "int8":
+            if scheme is None:
+                raise ProfilingError("an int8 graph needs its quantization scheme (u8s8 or s8s8)")
+            key = self.int8_key(key, scheme)
         cached = self.get(key)
         if cached is not None:
             return cached
@@ -104,5 +120,10 @@ class OnnxCache:
         path = self.path(key)
         info = export_onnx(module, tuple(inputs), path, exporter=exporter, precision=precision,
                            input_names=input_names, output_names=output_names)
+        if precision == "int8":
+            assert scheme is not None
+            names = list(input_names) if input_names else list(info.input_names)
+            quantize_onnx(path, path, random_feeds(names, tuple(inputs)), scheme)
+            info = replace(info, precision="int8", sha256=sha256_file(path))
         atomic_write_json(path.with_suffix(".json"), {"key": key, "info": info.as_dict()})
         return info

@@ -42,6 +42,7 @@ from smnas_trt.profiling.cache import OnnxCache
 from smnas_trt.profiling.drift import Drift, drift_against
 from smnas_trt.profiling.export import DEFAULT_EXPORTER, Exporter
 from smnas_trt.profiling.lut import LatencyTable
+from smnas_trt.profiling.quantize import scheme_for
 from smnas_trt.profiling.spec import BackendSpec
 from smnas_trt.profiling.timing import LatencyStats, TimingConfig, sum_stats
 
@@ -132,6 +133,9 @@ class _Prepared:
         self.extra: dict[str, Any] = {"exporter": "none" if backend.name == "torch" else exporter}
         self.split = TimeSplit()
         hashes: dict[str, str] = {}
+        scheme = scheme_for(backend.name) if backend.precision == "int8" else None
+        if scheme is not None:
+            self.extra["int8"] = {"scheme": scheme, "calibration": "random (seeded; latency does not depend on it)"}
         for spec in job.build():
             if backend.name == "torch":
                 module, inputs = spec.module, spec.example_inputs
@@ -140,7 +144,7 @@ class _Prepared:
             t0 = time.perf_counter()
             info = cache.export(f"{job.cache_key}|{spec.name}", spec.module, spec.example_inputs, exporter=exporter,
                                 precision=backend.precision, input_names=spec.input_names,
-                                output_names=spec.output_names)
+                                output_names=spec.output_names, scheme=scheme)
             self.split.export_s += time.perf_counter() - t0
             hashes[spec.name] = info.sha256
             self.extra["opset"] = info.opset

@@ -33,6 +33,7 @@ from smnas_trt.profiling.backend import Backend, Feeds, Runner, TensorSpec, orde
 from smnas_trt.profiling.cache import cache_root
 from smnas_trt.profiling.fingerprint import Fingerprint, cuda_fingerprint
 from smnas_trt.profiling.onnx_graph import check_onnx_path, load_graph, onnx_float_type, static_input_shapes
+from smnas_trt.profiling.quantize import count_qdq
 from smnas_trt.profiling.timing import CudaEventClock, LatencyStats, TimingConfig, time_runs
 
 if TYPE_CHECKING:  # checked against the tensorrt-stubs package where it is on MYPYPATH
@@ -322,6 +323,14 @@ class TensorRTBackend(Backend):
         import tensorrt as trt
 
         graph_type = onnx_float_type(path)
+        if self.precision == "int8":
+            # Explicit quantization: the QDQ graph (profiling/quantize.py, symmetric s8s8) says where INT8 runs.
+            # NVIDIA's guide: use it with strong typing and no precision flags; TensorRT 11 has no other mode
+            # (BuilderFlag.INT8 and implicit calibrators are removed there).
+            if not _has_qdq(path):
+                raise ProfilingError(f"{path}: an int8 engine needs a QDQ graph (QuantizeLinear/DequantizeLinear); "
+                                     "quantize it first (smnas_trt.profiling.quantize)")
+            return (0 if self.major >= 11 else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)), False
         if self.precision == "fp32":
             if graph_type == "float16":
                 raise ProfilingError(f"{path}: graph is float16 but the tensorrt backend was asked for fp32")
@@ -400,6 +409,10 @@ class TensorRTBackend(Backend):
         runner = TensorRTRunner(engine, self.layer_times)
         runner.runtime = runtime  # type: ignore[attr-defined]  # keep the runtime alive as long as the engine
         return runner
+
+
+def _has_qdq(path: Path) -> bool:
+    return count_qdq(load_graph(path)) > 0
 
 
 __all__: list[str] = ["TensorRTBackend", "TensorRTRunner", "default_cache_dir", "engine_cache_key", "import_tensorrt"]

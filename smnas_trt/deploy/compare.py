@@ -1,0 +1,109 @@
+"""`smnas deploy --compare fp32,int8`: the same models deployed once per precision, one table side by side.
+
+Each precision goes into `OUT/<precision>/` (a normal deploy folder with its manifests and models.md);
+`OUT/compare.md` and `OUT/compare.json` then hold one row per model and precision: size, the deployed
+model's own AP (pycocotools on its runtime's detections), ΔAP against the first precision's deployed
+model, network and end2end latency and the speed-up over the first precision, like an export benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from smnas_trt.deploy.deployer import DeployOptions, DeployResult, DeployTarget, StageLog, deploy_models, deploy_spec
+from smnas_trt.errors import DeployError
+from smnas_trt.fileio import atomic_write_json, atomic_write_text
+from smnas_trt.profiling.spec import BackendSpec
+
+COMPARE_JSON = "compare.json"
+COMPARE_MD = "compare.md"
+
+
+def parse_precisions(text: str, backend: str, threads: int | None = None, device: str | None = None
+                     ) -> list[BackendSpec]:
+    """`fp32,int8` -> one checked BackendSpec per precision (an impossible one is a one-line DeployError)."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise DeployError(f"--compare {text!r}: give two or more different precisions, e.g. fp32,int8")
+    return [deploy_spec(backend, name, threads, device) for name in names]
+
+
+def compare_precisions(targets: list[DeployTarget], options: DeployOptions, specs: Sequence[BackendSpec],
+                       log: StageLog | None = None,
+                       on_model: Callable[[int, DeployTarget], None] | None = None) -> dict[str, Any]:
+    """Deploy `targets` once per spec into `options.out/<precision>/`; write and return the comparison."""
+    out = Path(options.out)
+    results: dict[str, DeployResult] = {}
+    for spec in specs:
+        results[spec.precision] = deploy_models(targets, replace(options, out=out / spec.precision, spec=spec), log,
+                                                on_model)
+    rows = comparison_rows(results)
+    report = {"backend": specs[0].backend, "precisions": [s.precision for s in specs], "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / COMPARE_JSON, report)
+    atomic_write_text(out / COMPARE_MD, comparison_markdown(rows))
+    return report
+
+
+def comparison_rows(results: dict[str, DeployResult]) -> list[dict[str, Any]]:
+    """One row per (model, precision); ΔAP and speed-up against the first precision of that model."""
+    rows: list[dict[str, Any]] = []
+    first = next(iter(results))
+    base: dict[str, dict[str, Any]] = {}
+    for precision, result in results.items():
+        for model in result.models:
+            m = model.manifest or {}
+            accuracy = m.get("accuracy") or {}
+            latency = m.get("latency") or {}
+            row = {
+                "arch_id": model.arch_id, "arch": model.arch, "precision": precision, "status": model.status,
+                "size_mb": sum(f["bytes"] for f in (m.get("files") or {}).values()) / 1e6,
+                "ap": (accuracy.get("deployed") or {}).get("AP"), "ap50": (accuracy.get("deployed") or {}).get("AP50"),
+                "ap_pytorch": (accuracy.get("pytorch") or {}).get("AP"),
+                "network_ms": (latency.get("network") or {}).get("median_ms"),
+                "end2end_ms": (latency.get("end2end") or {}).get("median_ms"),
+                "error": model.error,
+            }
+            if precision == first:
+                base[model.arch_id] = row
+            ref = base.get(model.arch_id) or {}
+            row["delta_ap"] = _diff(row["ap"], ref.get("ap"))
+            row["speedup"] = _ratio(ref.get("network_ms"), row["network_ms"])
+            row["speedup_end2end"] = _ratio(ref.get("end2end_ms"), row["end2end_ms"])
+            rows.append(row)
+    rows.sort(key=lambda r: (r["arch_id"], list(results).index(r["precision"])))
+    return rows
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def comparison_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["# Deployed models by precision", "",
+             "ΔAP and speed-up: against the first precision's deployed model (AP: pycocotools on the deployed "
+             "runtime's own detections).", "",
+             "| id | precision | status | MB | AP (deployed) | ΔAP | AP50 | network ms | speed-up | end2end ms "
+             "| speed-up e2e |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arch_id']} | {r['precision']} | {r['status']} | {r['size_mb']:.2f} | "
+                     f"{_fmt(r['ap'], '.3f')} | {_fmt(r['delta_ap'], '+.3f')} | {_fmt(r['ap50'], '.3f')} | "
+                     f"{_fmt(r['network_ms'], '.2f')} | {_times(r['speedup'])} | {_fmt(r['end2end_ms'], '.2f')} | "
+                     f"{_times(r['speedup_end2end'])} |")
+    return "\n".join(lines) + "\n"
