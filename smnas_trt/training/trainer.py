@@ -197,7 +197,7 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             torch.save(state, tmp)
     except RuntimeError as e:  # torch's zip writer turns a failed write() (disk full, EFBIG) into RuntimeError
         raise StorageError(f"{path}: cannot write the checkpoint ({first_line(e)}); disk full or file size "
-                           f"limit? The previous checkpoint is kept") from None
+                           f"limit? Any previous checkpoint there is kept") from None
 
 
 def train_detector(
