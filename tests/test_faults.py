@@ -79,17 +79,25 @@ def smnas(*args: str, limit: int | None = None, timeout: float = 600) -> subproc
                           preexec_fn=fsize_limit(limit) if limit else None)
 
 
-def kill_after(args: list[str], seconds: float) -> tuple[bool, float]:
-    """Start `smnas ARGS`, SIGKILL it after `seconds`; (killed before it finished, seconds it ran)."""
+def kill_after(args: list[str], seconds: float, when: Callable[[], bool] | None = None) -> tuple[bool, float]:
+    """Start `smnas ARGS`, SIGKILL it `seconds` after `when()` holds (polled; at once without it).
+
+    Returns (killed before it finished, seconds it ran)."""
     t0 = time.monotonic()
     proc = subprocess.Popen([*CLI, *args], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        while when is not None and proc.poll() is None and not when():
+            time.sleep(0.05)
         proc.wait(timeout=seconds)
         return False, time.monotonic() - t0
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         return True, time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], what: str) -> str:
@@ -176,16 +184,32 @@ def test_profile_lut_sigkill_then_resume(world: dict[str, Any], tmp_path: Path) 
             "--modules", "none", *QUICK, "--out", str(out), "--onnx-cache", str(tmp_path / "onnx")]
     # The reference took ref_seconds from a cold cache; five kills of up to a third of that leave work
     # for the final --resume, and land anywhere from the start-up to the repeat check at the end.
+    # Two kills at a random moment from the start (start-up, table creation, the anchors, exports), three a
+    # random moment after the table has reached a random number of rows (while rows are being written).
     span = max(world["ref_seconds"] / 3, 12.0)
-    moments = [rng.uniform(4.0, span) for _ in range(5)]
+    moments: list[tuple[float, int]] = [(rng.uniform(4.0, span), 0) for _ in range(2)]
+    moments += [(rng.uniform(0.0, 2.0), rng.randint(1, LUT_MODELS - 1)) for _ in range(3)]
+    moments.sort(key=lambda m: m[1])
+
+    def model_rows() -> int:
+        try:
+            db = sqlite3.connect(f"file:{out}?mode=ro", uri=True, timeout=0.2)
+            try:
+                return int(db.execute("SELECT count(*) FROM model_entries").fetchone()[0])
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return 0
+
     kills = rows_checked = 0
-    for at in moments:
-        killed, ran = kill_after([*args, *(["--resume"] if out.exists() else [])], at)
+    for at, after_rows in moments:
+        killed, ran = kill_after([*args, *(["--resume"] if out.exists() else [])], at,
+                                 (lambda n=after_rows: model_rows() >= n) if after_rows else None)
         kills += killed
         rows = check_table(out) if out.exists() else 0
         rows_checked += rows
-        print(f"profile-lut: SIGKILL at {at:.1f} s ({'killed' if killed else 'finished first'} after {ran:.1f} s): "
-              f"{rows} complete rows in the table")
+        print(f"profile-lut: SIGKILL {at:.1f} s after {after_rows} rows ({'killed' if killed else 'finished first'} "
+              f"after {ran:.1f} s): {rows} complete rows in the table")
     proc = smnas(*args, *(["--resume"] if out.exists() else []))
     assert proc.returncode == 0, proc.stderr
     rows_checked += check_table(out)
