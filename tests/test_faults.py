@@ -251,7 +251,8 @@ def test_deploy_sigkill_then_rerun(world: dict[str, Any], tmp_path: Path) -> Non
     args = ["deploy", "--checkpoint", str(world["checkpoint"]), "--data", str(world["data"]), "--backend", "ort-cpu",
             "--quick", "--verify-images", "1", "--threads", "1", "--out", str(out)]
     kills = folders_checked = refused = temps_seen = 0
-    moments = [rng.uniform(4.0, 26.0) for _ in range(5)]  # a deploy here takes 14-22 s: some finish first
+    # A deploy here takes 10-22 s (start-up about 6): three kills early, two late (some may finish first).
+    moments = [rng.uniform(4.0, 12.0) for _ in range(3)] + [rng.uniform(12.0, 24.0) for _ in range(2)]
     for at in moments:
         killed, ran = kill_after(args, at)
         kills += killed
