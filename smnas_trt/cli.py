@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from smnas_trt.errors import SmnasError
+from smnas_trt.errors import DISK_FULL_ERRNOS, SmnasError, disk_full_line
 from smnas_trt.profiling.export import DEFAULT_EXPORTER, EXPORTERS
 from smnas_trt.profiling.profile import DEFAULT_MODULE_KINDS
 from smnas_trt.profiling.spec import DEFAULT_THREADS
@@ -42,6 +42,11 @@ def main() -> None:
         from smnas_trt.space.config import pydantic_error_line
 
         print_error(err_console, pydantic_error_line(e))
+        sys.exit(2)
+    except OSError as e:  # no room to write (disk full, file size limit): one line too, never a traceback
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        print_error(err_console, disk_full_line(e))
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")

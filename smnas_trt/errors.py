@@ -3,6 +3,8 @@
 The CLI prints these without a traceback and exits non-zero; anything else is a bug.
 """
 
+import errno
+
 
 class SmnasError(Exception):
     """Base class for errors caused by the user's input or environment."""
@@ -42,6 +44,20 @@ class SearchError(SmnasError):
 
 class DeployError(SmnasError):
     """Deployment, verification or runtime problems."""
+
+
+class StorageError(SmnasError):
+    """A file could not be written (disk full, file size limit); the previous file is kept."""
+
+
+# write() failures that mean "no room": a full disk, a quota, a file size limit (RLIMIT_FSIZE).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def disk_full_line(error: OSError) -> str:
+    """A no-room OSError as one line naming the file when the error knows it."""
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}cannot write: {error.strerror or type(error).__name__} (disk full or file size limit)"
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

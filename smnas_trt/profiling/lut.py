@@ -190,11 +190,19 @@ def _first_line(e: BaseException) -> str:
     return lines[0][:120] if lines else type(e).__name__
 
 
+_NO_ROOM = ("disk I/O error", "database or disk is full")
+
+
 @contextmanager
 def _sqlite_errors(path: Path) -> Iterator[None]:
     """sqlite3 errors of a read or write as one ProfilingError naming the file."""
     try:
         yield
+    except sqlite3.OperationalError as e:
+        if str(e) in _NO_ROOM:  # a full disk or a file size limit is not a damaged table: say so, keep the rows
+            raise ProfilingError(f"{path}: cannot write the latency table ({e}: disk full or file size limit?); "
+                                 f"the rows already there are kept") from None
+        raise _damaged(path, _first_line(e)) from None
     except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # text that is not UTF-8: damaged too
         raise _damaged(path, _first_line(e)) from None
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.optim.lr_scheduler import LambdaLR
 
 from smnas_trt.data.coco import CocoDetection, build_loader
-from smnas_trt.errors import ConfigError, SmnasError, short_repr
+from smnas_trt.errors import ConfigError, SmnasError, StorageError, short_repr
 from smnas_trt.fileio import atomic_path, atomic_write_json
 from smnas_trt.training.evaluate import evaluate
 
@@ -192,8 +192,12 @@ def first_line(e: BaseException, limit: int = 120) -> str:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except RuntimeError as e:  # torch's zip writer turns a failed write() (disk full, EFBIG) into RuntimeError
+        raise StorageError(f"{path}: cannot write the checkpoint ({first_line(e)}); disk full or file size "
+                           f"limit? Any previous checkpoint there is kept") from None
 
 
 def train_detector(
