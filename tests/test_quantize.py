@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from test_cli_profile_lut import run_main  # the real entry point, in-process
 
 from smnas_trt.errors import ForeignDeviceError, ProfilingError
 from smnas_trt.fileio import sha256_file
@@ -209,18 +209,6 @@ def test_predictor_fitted_on_fp32_refuses_int8(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CLI misuse
-def _run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    from smnas_trt.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["smnas", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(("extra", "message"), [
     (("--precision", "int4"), "precision: Input should be 'fp32', 'fp16' or 'int8'"),
     (("--precision", "int8", "--backend", "torch"), "int8 runs quantized (QDQ) ONNX graphs"),
@@ -229,7 +217,8 @@ def test_profile_lut_bad_precision_is_one_line(extra: tuple[str, ...], message: 
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "lut.db"
-    code, err = _run(monkeypatch, capsys, "profile-lut", "--space", "tiny", "--models", "1", "--out", str(out), *extra)
+    code, err = run_main(monkeypatch, capsys, "profile-lut", "--space", "tiny", "--models", "1", "--out", str(out),
+                         *extra)
     assert code == 2 and err.strip().count("\n") == 0 and message in err, err
     assert not out.exists()
 
@@ -238,7 +227,7 @@ def test_profile_lut_bad_precision_is_one_line(extra: tuple[str, ...], message: 
 def test_cli_profile_lut_int8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "lut.db"
-    code, err = _run(monkeypatch, capsys, "profile-lut", "--space", "tiny", "--models", "2", "--precision", "int8",
+    code, err = run_main(monkeypatch, capsys, "profile-lut", "--space", "tiny", "--models", "2", "--precision", "int8",
                      "--budget-s", "0", "--min-runs", "3", "--num-classes", "3", "--out", str(out))
     assert code == 0, err
     with LatencyTable.open(out) as table:
