@@ -549,6 +549,8 @@ def deploy_cmd(
                                                "calibrated on the dataset's training images: ort-cpu, ort-cuda, "
                                                "tensorrt)."),
     calibration_images: int = typer.Option(64, help="int8: training images the activation ranges come from."),
+    calibration_method: str = typer.Option("minmax", help="int8: how activation ranges are set from those images: "
+                                                          "minmax or percentile."),
     compare: str = typer.Option(None, help="Deploy once per precision, e.g. fp32,int8, into OUT/<precision>/ and "
                                            "write OUT/compare.md: size, deployed AP, ΔAP, latency side by side."),
     seed: int = typer.Option(0, help="int8: seed of the calibration images' draw."),
@@ -584,7 +586,7 @@ def deploy_cmd(
     targets = targets_from_run(run, arch or None, data) if run else [target_from_checkpoint(checkpoint, data)]
     options = DeployOptions(out=Path(out), spec=spec, overwrite=overwrite, verify_images=verify_images,
                             timing=TimingConfig.quick() if quick else TimingConfig(),
-                            calibration_images=calibration_images, seed=seed)
+                            calibration_images=calibration_images, calibration_method=calibration_method, seed=seed)
     printer = StagePrinter(console, len(targets))
     if specs:
         console.print(f"smnas deploy: {len(targets)} model(s) -> {out}/<precision> on "

@@ -89,6 +89,8 @@ def test_int8_without_training_images_is_refused_and_writes_nothing(trained: tup
 @pytest.mark.parametrize(("args", "message"), [
     (("--precision", "int8", "--backend", "torch"), "int8 runs quantized (QDQ) ONNX graphs"),
     (("--precision", "int3"), "precision: Input should be 'fp32', 'fp16' or 'int8'"),
+    (("--precision", "int8", "--calibration-method", "entropy"),
+     "--calibration-method 'entropy' is not one of minmax, percentile"),
 ])
 def test_cli_bad_precision_is_one_line(trained: tuple[Path, Path], tmp_path: Path, args: tuple[str, ...],
                                        message: str, monkeypatch: pytest.MonkeyPatch,

@@ -111,6 +111,28 @@ def test_calibration_is_deterministic_for_a_seed(body: tuple[Any, Path], tmp_pat
     assert sha256_file(paths[0]) != sha256_file(paths[2])
 
 
+def test_percentile_calibration_narrows_the_activation_ranges(body: tuple[Any, Path], tmp_path: Path) -> None:
+    """Percentile clips the rare extremes MinMax keeps: every activation scale is at most MinMax's, some
+    smaller; weights (per channel, from the weights themselves) are the same."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph, fp32 = body
+    feeds = random_feeds(graph.input_names, graph.example_inputs, 4, seed=3)
+    scales = {}
+    for method in ("minmax", "percentile"):
+        quantize_onnx(fp32, tmp_path / f"{method}.onnx", feeds, "u8s8", method)
+        scales[method] = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / f"{method}.onnx"))
+                          .graph.initializer if i.name.endswith("_scale")}
+    assert scales["minmax"].keys() == scales["percentile"].keys()
+    activations = [k for k in scales["minmax"] if scales["minmax"][k].size == 1 and "weight" not in k]
+    weights = [k for k in scales["minmax"] if "weight" in k]
+    assert activations and weights
+    ratio = np.array([scales["percentile"][k].item() / scales["minmax"][k].item() for k in activations])
+    assert (ratio <= 1 + 1e-6).all() and (ratio < 0.9995).any()  # a 2048-bin histogram: small steps
+    assert all(np.array_equal(scales["minmax"][k], scales["percentile"][k]) for k in weights)
+
+
 def test_quantize_refuses_bad_input(body: tuple[Any, Path], tmp_path: Path) -> None:
     graph, fp32 = body
     feeds = random_feeds(graph.input_names, graph.example_inputs, 1)
@@ -118,6 +140,8 @@ def test_quantize_refuses_bad_input(body: tuple[Any, Path], tmp_path: Path) -> N
         quantize_onnx(fp32, tmp_path / "x.onnx", [], "u8s8")
     with pytest.raises(ProfilingError, match="scheme 'u8u8' is not one of"):
         quantize_onnx(fp32, tmp_path / "x.onnx", feeds, "u8u8")  # type: ignore[arg-type]
+    with pytest.raises(ProfilingError, match="calibration method 'entropy' is not one of minmax, percentile"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", feeds, "u8s8", "entropy")  # type: ignore[arg-type]
     quantize_onnx(fp32, tmp_path / "q.onnx", feeds, "u8s8")
     with pytest.raises(ProfilingError, match="already quantized"):
         quantize_onnx(tmp_path / "q.onnx", tmp_path / "x.onnx", feeds, "u8s8")

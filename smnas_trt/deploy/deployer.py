@@ -39,6 +39,7 @@ from smnas_trt.errors import DeployError, SmnasError
 from smnas_trt.fileio import atomic_dir, atomic_path
 from smnas_trt.models.graphs import detector_graphs
 from smnas_trt.profiling.export import DEFAULT_EXPORTER
+from smnas_trt.profiling.quantize import CALIBRATION_METHODS
 from smnas_trt.profiling.spec import BACKEND_NAMES, BackendSpec, parse_backend_spec
 from smnas_trt.profiling.timing import LatencyStats, TimingConfig
 from smnas_trt.space import Arch
@@ -46,9 +47,11 @@ from smnas_trt.space import Arch
 BACKENDS = BACKEND_NAMES
 DEFAULT_VERIFY_IMAGES = 8
 # int8: activation ranges (MinMax) from this many of the run's training images, drawn with `seed` (all of them
-# when the split is smaller). 64 is in the range post-training quantization guides use (tens to a few hundred
-# images); how AP moves with it is not measured yet: bench/int8_speed.py --calibration-images N shows it.
+# when the split is smaller). bench/int8_calibration.py measures how the deployed AP moves with the count and
+# the method (README, "INT8"): on the demo front 16 to 256 images and the three methods stay within a few
+# thousandths of AP, so 64 MinMax images are kept (MinMax is also the fastest to calibrate).
 DEFAULT_CALIBRATION_IMAGES = 64
+DEFAULT_CALIBRATION_METHOD = "minmax"
 VERIFY_SCORE_THRESH = 0.01
 
 
@@ -75,6 +78,7 @@ class DeployOptions:
     timing: TimingConfig = field(default_factory=TimingConfig)
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # int8: training images the activation scales come from
     calibration_split: str = "train"
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD  # int8: minmax or percentile
     seed: int = 0  # int8: which training images calibrate
     score: bool = True  # COCO AP of the deployed model itself (and of PyTorch) on `split`
     score_images: int | None = None  # first N images of the split (None: all)
@@ -213,6 +217,9 @@ def deploy_models(targets: list[DeployTarget], options: DeployOptions, log: Stag
             _check_calibration_data(t, options)
     if options.spec.precision == "int8" and options.calibration_images < 1:
         raise DeployError(f"--calibration-images must be >= 1, got {options.calibration_images}")
+    if options.calibration_method not in CALIBRATION_METHODS:
+        raise DeployError(f"--calibration-method {options.calibration_method!r} is not one of "
+                          f"{', '.join(CALIBRATION_METHODS)}")
     backend = options.spec.build()  # raises BackendUnavailableError here, before any export
     start = time.perf_counter()
     drifts = _measure_drifts(targets, options, backend, log)
@@ -437,13 +444,14 @@ def _calibrate(model: Any, target: DeployTarget, options: DeployOptions, tmp: Pa
     qdq: dict[str, int] = {}
     info = None
     for graph in manifest["graphs"]:
-        info = quantize_onnx(tmp / graph["onnx"], tmp / graph["onnx"], feeds[graph["name"]], scheme)
+        info = quantize_onnx(tmp / graph["onnx"], tmp / graph["onnx"], feeds[graph["name"]], scheme,
+                             options.calibration_method)  # type: ignore[arg-type]  # checked in deploy_models
         qdq[graph["name"]] = info.qdq_nodes
     assert info is not None
     record = {"split": options.calibration_split, "images": n, "available": len(data), "seed": options.seed,
               "method": info.method, "scheme": scheme, "per_channel": info.per_channel,
               "quantized_ops": list(info.quantized_ops), "float_ops": info.float_ops, "qdq_nodes": qdq,
-              "what": "activation ranges of the float graphs on these training images (MinMax); weights per channel"}
+              "what": "activation ranges of the float graphs on these training images; weights per channel"}
     log("calibrate", f"{n} {options.calibration_split} images (of {len(data)}, seed {options.seed}), {scheme} "
         f"{info.method}; {sum(qdq.values())} Q/DQ nodes", time.perf_counter() - t0, None)
     return record
