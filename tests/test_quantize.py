@@ -297,3 +297,47 @@ def test_tensorrt_builds_int8_engine_from_the_qdq_graph(body: tuple[Any, Path], 
     want = _session(int8, optimise=False).run(None, feed)  # the exact QDQ arithmetic
     for w, g in zip(want, got, strict=True):
         assert np.corrcoef(w.ravel(), np.asarray(g).ravel())[0, 1] > 0.95
+
+
+@pytest.mark.slow
+def test_an_int8_search_screens_confirms_and_fronts_on_int8_latency(tmp_path: Path) -> None:
+    """A whole search with `latency.precision: int8` on ort-cpu: an int8 table from profile-lut, the predictor
+    fitted on it, every candidate confirmed by timing its QDQ graph, and a front of int8 latencies."""
+    from smnas_trt.data import generate_demo
+    from smnas_trt.profiling.lut import read_model_records
+    from smnas_trt.search import parse_search_config, run_search
+    from smnas_trt.space.config import BUILTIN_SPACES
+
+    torch.set_num_threads(1)
+    space = tmp_path / "space_tiny.yaml"
+    space.write_text(BUILTIN_SPACES["tiny"].read_text())
+    data = generate_demo(tmp_path / "data", n_train=32, n_val=8, size=64, seed=0)
+    quick = {"warmup_runs": 2, "warmup_s": 0.0, "min_runs": 5, "max_runs": 20, "budget_s": 0.05}
+    lut = tmp_path / "int8.db"
+    report = profile_lut(space=load_space(str(space)), out=lut, spec=BackendSpec(precision="int8", threads=1),
+                         models=16, seed=3, timing=TimingConfig(**quick), anchors=2, num_classes=11,
+                         repeat_check=False)
+    assert report.models_timed >= 16 and not report.failures
+    times = sorted(r.median_ms for r in read_model_records(lut, scope="network"))
+    config = parse_search_config({
+        "name": "int8", "space": str(space), "data": str(data), "seed": 0,
+        "latency": {"budget_ms": round(times[len(times) * 3 // 4], 4), "backend": "ort-cpu", "precision": "int8",
+                    "lut": str(lut), "threads": 1, "timing": quick,
+                    "predictor_fit": {"rounds": 40, "folds": 2, "scale_rounds": 20, "threads": 1}},
+        "training": {"batch_size": 8, "lr": 0.01, "warmup_iters": 2},
+        "evaluation": {"split": "train", "max_images": 8, "batch_size": 8},
+        "structural": {"generations": 1, "train": 2, "rungs": [1]},
+        "modular": {"generations": 1, "train": 1, "rungs": [1], "population": 2},
+        "executor": {"kind": "inprocess", "threads_per_task": 1},
+    })
+    out = tmp_path / "run"
+    result = run_search(config, out, show_progress=False)
+    profiled = {r.arch for r in read_model_records(lut, scope="network")}
+    with LatencyTable.open(out / "lut.db") as table:  # the run's copy of the table, with the search's timings
+        assert table.fingerprint.precision == "int8"
+        rows = table.model_rows("network")
+    searched = [r for r in rows if r.arch not in profiled]
+    assert searched and all(r.extra["int8"]["scheme"] == "u8s8" for r in rows)
+    assert result.front and all(c.measured_ms is not None and c.measured_ms <= config.latency.budget_ms
+                                for c in result.front)
+    assert {c.arch for c in result.front} <= {r.arch for r in rows}  # fronted on the int8 timings
