@@ -277,24 +277,22 @@ class PacedBackend(OrtCpuBackend):
         return PacedRunner(super().load(onnx_path), base_s * self.factor)
 
 
-def test_anchors_timed_1_2x_slower_give_1_2x_the_drift_and_corrected_predictions(tmp_path: Path, space) -> None:
-    """Demo-space anchors (5-20 ms here) timed by two paced backends, one 1.2x slower than the other: the
-    slower run's drift is 1.2x the other's, recorded in the table, above the warning threshold, and a
-    predictor's predictions for that run are its raw ones times that drift. Paced, because two timings of
-    a real backend minutes apart differ by 10-40% on a shared CI machine (seen), which no bound survives."""
+def test_uniformly_slower_anchors_give_a_drift_of_1_2_and_corrected_predictions(tmp_path: Path, space) -> None:
+    """A table timed by a paced backend, then its demo-space anchors by one 1.2x slower: the run's drift is
+    1.2, recorded in the table, above the warning threshold, and a predictor's predictions for that run are
+    1.2x its raw ones. Paced, because two timings of a real backend minutes apart differ by 10-40% on a shared
+    CI machine (seen: 0.885x), which no bound on 1.2 survives."""
     from smnas_trt.predictors import FitConfig, LatencyPredictor, load_training_data
 
     out = tmp_path / "lut.db"
     timing = TimingConfig(warmup_runs=3, warmup_s=0.0, min_runs=10, max_runs=400, budget_s=0.2)
     with OnnxCache(tmp_path / "cache") as cache:
-        profile_lut(space=space, out=out, spec=BackendSpec(threads=1), models=10, seed=1, timing=timing, cache=cache,
-                    num_classes=11, anchors=4, repeat_check=False)
-        base, _ = measure_drift(PacedBackend(1.0), out, timing, cache, "test")
+        profile_lut(space=space, out=out, spec=BackendSpec(threads=1), backend=PacedBackend(1.0), models=10, seed=1,
+                    timing=timing, cache=cache, num_classes=11, anchors=4, repeat_check=False)
         drift, line = measure_drift(PacedBackend(1.2), out, timing, cache, "test")
-    assert base is not None and drift is not None
-    assert 1.17 < drift.ratio / base.ratio < 1.23, f"{line}; at factor 1.0: {base.line()}"
+    assert drift is not None and 1.17 < drift.ratio < 1.23, line
     assert drift.warn and f"drift {(drift.ratio - 1) * 100:.1f}%" in drift.warning() and "above 5%" in drift.warning()
-    assert line == drift.line() and line.startswith("drift: 4 anchor models time ")
+    assert line == drift.line() and line.startswith("drift: 4 anchor models time 1.")
     with LatencyTable.open(out) as table:
         assert table.runs()[-1].kind == "test" and table.runs()[-1].drift == pytest.approx(drift.ratio)
     predictor, _ = LatencyPredictor.fit(load_training_data(out), FitConfig(folds=2, rounds=20, scale_rounds=10,
@@ -304,6 +302,9 @@ def test_anchors_timed_1_2x_slower_give_1_2x_the_drift_and_corrected_predictions
     corrected, unc = predictor.predict(archs, drift)
     assert corrected == pytest.approx(raw * drift.ratio, rel=1e-9)
     assert (unc >= raw_unc * drift.ratio * (1 - 1e-9)).all()  # wider by the anchors' spread, never narrower
+    with pytest.raises(ProfilingError, match="is not the one the spec describes"):  # before anything is written
+        profile_lut(space=space, out=tmp_path / "x.db", spec=BackendSpec(threads=1, batch=2), backend=PacedBackend(1.0))
+    assert not (tmp_path / "x.db").exists()
 
 
 def test_a_table_without_anchors_is_usable_and_says_how_to_add_them(tmp_path: Path, tiny) -> None:

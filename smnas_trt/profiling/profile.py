@@ -443,6 +443,7 @@ def profile_lut(
     repeat_check: bool = True,
     on_plan: Callable[[int], None] | None = None,
     on_item: Callable[[str], None] | None = None,
+    backend: Backend | None = None,
 ) -> ProfileReport:
     """Profile a space into the table at `out` (see the module docstring for the flow).
 
@@ -450,7 +451,9 @@ def profile_lut(
     `all_structures=False` limits them to the pieces of the whole models being timed. `end2end` also
     times the full detectors with decoding and NMS (ORT backends). `anchors` is the number of anchor
     models a new table gets; `add_anchors` gives them to an older table that has none. `on_plan(total)`
-    is called once with the number of entries to time, `on_item(label)` after each.
+    is called once with the number of entries to time, `on_item(label)` after each. `backend` is a built
+    backend to time on instead of `spec.build()` (a Backend subclass of your own); it must be the one `spec`
+    describes (name, precision, batch), which the table records.
     """
     from smnas_trt.models.pieces import module_pieces
 
@@ -471,7 +474,11 @@ def profile_lut(
             raise ProfilingError(f"--resume: no table at {out}; leave out --resume to start one")
         if end2end and spec.backend not in ("ort-cpu", "ort-cuda"):
             raise ProfilingError(f"--end2end needs an ONNX Runtime backend (ort-cpu, ort-cuda), not {spec.backend}")
-        backend = spec.build()  # a missing library or device is refused here, before any work
+        if backend is None:
+            backend = spec.build()  # a missing library or device is refused here, before any work
+        elif (backend.name, backend.precision, backend.batch) != (spec.backend, spec.precision, spec.batch):
+            raise ProfilingError(f"backend {backend.name} {backend.precision} batch {backend.batch} is not the one "
+                                 f"the spec describes ({spec.describe()})")
         own_cache = cache is None
         cache = cache or OnnxCache(None)
         report = ProfileReport(out=str(out))
