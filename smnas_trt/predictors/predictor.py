@@ -17,8 +17,8 @@ Model, for features x of an arch (see `features.py`) and measured latency t:
 Persistence: a folder with XGBoost's own UBJSON model files, the table's module entries it used
 (JSON) and `predictor.json` (format and feature-schema version, feature names, device fingerprint,
 backend, precision, scope, training-set size, CV metrics, conformal quantile, prior and baseline
-coefficients, SHA-256 of every file). Written atomically; never pickled. Loading checks the
-schema and, when given one, the device fingerprint.
+coefficients, SHA-256 of every file; its schema is `PredictorMeta`). Written atomically; never pickled.
+Loading checks every field and, when given one, the device fingerprint.
 """
 
 from __future__ import annotations
