@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from smnas_trt.deploy import Detector, read_manifest
+from smnas_trt.deploy import DeployedManifest, Detector, read_manifest
 from smnas_trt.deploy.decoder import Decoder, feature_sizes
+from smnas_trt.deploy.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, file_entries
 from smnas_trt.models.graphs import detector_graphs
 from smnas_trt.profiling.backends import torch_threads
 from smnas_trt.profiling.fingerprint import cpu_model
@@ -57,11 +58,17 @@ def detector_from_arch(arch_text: str, work: Path, threads: int) -> tuple[Detect
         path = work / f"{arch.id}_{spec.name}.onnx"
         export_onnx(spec.module, spec.example_inputs, path, input_names=spec.input_names,
                     output_names=spec.output_names)
-        graphs.append({"name": spec.name, "inputs": spec.input_names, "outputs": spec.output_names})
+        graphs.append({"name": spec.name, "onnx": path.name, "inputs": spec.input_names,
+                       "outputs": spec.output_names})
         runners.append(backend.load(path))
-    manifest = {"arch": arch_text, "arch_id": arch.id, "backend": "ort-cpu", "graphs": graphs,
-                "feature_sizes": [list(s) for s in feature_sizes(model, arch)],
-                "classes": {"label_to_cat": list(range(11)), "names": {}}}
+    # The manifest a deploy would write, less what only verification and timing add.
+    manifest = DeployedManifest.model_validate({
+        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "arch": arch_text, "arch_id": arch.id,
+        "status": "ok", "backend": "ort-cpu", "precision": "fp32", "fingerprint": backend.fingerprint().to_dict(),
+        "files": file_entries(work, [g["onnx"] for g in graphs]), "graphs": graphs,
+        "feature_sizes": [list(s) for s in feature_sizes(model, arch)],
+        "classes": {"label_to_cat": list(range(11)), "names": {}}, "verification": {}, "latency": {},
+        "source": {"checkpoint": "(randomly initialised)"}})
     return Detector(work, manifest, copy.deepcopy(model), runners), model
 
 
@@ -70,9 +77,9 @@ def detector_from_folder(folder: Path, threads: int) -> tuple[Detector, Any]:
     from smnas_trt.training import load_trained
 
     manifest = read_manifest(folder)
-    if manifest["backend"] != "ort-cpu":
-        raise SystemExit(f"{folder}: deployed for {manifest['backend']}; this benchmark compares ort-cpu models")
-    model, _ = load_trained(manifest["source"]["checkpoint"])
+    if manifest.backend != "ort-cpu":
+        raise SystemExit(f"{folder}: deployed for {manifest.backend}; this benchmark compares ort-cpu models")
+    model, _ = load_trained(manifest.source.checkpoint)
     return Detector.load(folder, threads=threads), model.eval()
 
 
@@ -135,7 +142,7 @@ def main() -> int:
                 detector, model = detector_from_folder(item, args.threads)
             else:
                 detector, model = detector_from_arch(item, Path(tmp), args.threads)
-            arch_text = detector.manifest["arch"]
+            arch_text = detector.manifest.arch
             pixels = torch.rand(3, detector.arch.size.height, detector.arch.size.width)
             timed = detector.time(pixels, timing)
             detector.close()
@@ -143,7 +150,7 @@ def main() -> int:
             ort_net, ort_e2e = timed["network_ms"], timed["end2end"].median_ms
             net_ratios.append(eager_net / ort_net)
             e2e_ratios.append(eager_e2e / ort_e2e)
-            print(f"| {detector.manifest['arch_id']} | `{arch_text}` | {ort_net:.2f} | {eager_net:.2f} | "
+            print(f"| {detector.manifest.arch_id} | `{arch_text}` | {ort_net:.2f} | {eager_net:.2f} | "
                   f"{net_ratios[-1]:.2f}x | {ort_e2e:.2f} | {eager_e2e:.2f} | {e2e_ratios[-1]:.2f}x |", flush=True)
     if net_ratios:
         print(f"# median speed-up of ort-cpu over eager: network {statistics.median(net_ratios):.2f}x, "

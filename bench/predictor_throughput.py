@@ -128,9 +128,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = get_predictor(args.predictor, args.fit_models, args.threads)
     meta = LatencyPredictor.load(path).meta
-    print(f"predictor {path}: {meta['n_train']} models, {meta['fit_config']['rounds']} trees of depth "
-          f"{meta['fit_config']['max_depth']} (+ {meta['fit_config']['scale_rounds']} scale trees), "
-          f"{len(meta['feature_names'])} features")
+    print(f"predictor {path}: {meta.n_train} models, {meta.fit_config.rounds} trees of depth "
+          f"{meta.fit_config.max_depth} (+ {meta.fit_config.scale_rounds} scale trees), "
+          f"{len(meta.feature_names)} features")
     print(f"{'space':<7}{'input':<9}{'caches':<7}{'featurise /s':>14}{'predict /s':>14}{'(ms per 100k)':>15}")
     rates: dict[str, float] = {"demo/Arch/cold": args.rate or 0.0}
     for space_name in () if args.ratio_only else ("demo", "paper"):

@@ -250,7 +250,7 @@ class Demo:
         for t in targets:
             try:
                 manifest = read_manifest(self.deployed / t.arch_id)
-                if manifest["status"] == "ok" and manifest["source"]["checkpoint"] == str(Path(t.checkpoint).resolve()):
+                if manifest.status == "ok" and manifest.source.checkpoint == str(Path(t.checkpoint).resolve()):
                     continue  # deployed and verified by an earlier demo from the same checkpoint
             except SmnasError:
                 pass
@@ -277,7 +277,7 @@ class Demo:
         ok = []
         for entry in self.result.front:  # fastest first: the last one is the most accurate
             try:
-                if read_manifest(self.deployed / entry["arch_id"])["status"] == "ok":
+                if read_manifest(self.deployed / entry["arch_id"]).status == "ok":
                     ok.append(entry["arch_id"])
             except SmnasError:
                 continue

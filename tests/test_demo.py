@@ -55,8 +55,8 @@ def test_demo_steps_reuse_earlier_work_and_deploy_the_front(tmp_path: Path) -> N
     assert demo.step_deploy() is False
     folder = demo.deployed / arch_id
     manifest = read_manifest(folder)
-    assert manifest["status"] == "ok" and manifest["backend"] == "ort-cpu" and manifest["ap"] == 0.05
-    assert manifest["latency"]["search"]["predicted_ms"] == 4.0
+    assert manifest.status == "ok" and manifest.backend == "ort-cpu" and manifest.ap == 0.05
+    assert manifest.latency.search and manifest.latency.search.predicted_ms == 4.0
     stamp = (folder / "manifest.json").stat().st_mtime_ns
     assert demo.step_deploy() is True  # already deployed from the same checkpoint: kept as is
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp
@@ -98,6 +98,6 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     assert result.skipped == {}
     assert result.report_md is not None and result.report_md.is_file()
     assert result.deployed_models and all(
-        read_manifest(result.out / "deployed" / i)["verification"]["passed"] for i in result.deployed_models)
+        read_manifest(result.out / "deployed" / i).verification.passed for i in result.deployed_models)
     again = run_demo(tmp_path / "demo_out", plan, Console(file=io.StringIO()))
     assert {"data", "lut", "search", "deploy"} <= set(again.reused)

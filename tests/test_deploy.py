@@ -27,6 +27,7 @@ from smnas_trt.deploy import (
     target_from_checkpoint,
     targets_from_run,
 )
+from smnas_trt.deploy.manifest import write_manifest
 from smnas_trt.deploy.verify import TOLERANCES, Tolerance
 from smnas_trt.errors import DeployError
 from smnas_trt.profiling.timing import TimingConfig
@@ -123,26 +124,27 @@ def test_output_difference_fails_beyond_tolerance() -> None:
 # ---------------------------------------------------------------------------------------------- deploy
 def test_deploy_ort_cpu_manifest_hashes_and_verification(deployed: Path) -> None:
     m = read_manifest(deployed)
-    assert m["status"] == "ok" and m["backend"] == "ort-cpu" and m["precision"] == "fp32"
-    assert m["arch"] == ARCH and m["ap"] == 0.01 and m["ap50"] == 0.02
-    assert [g["name"] for g in m["graphs"]] == ["rpn", "roi"]
-    assert set(m["files"]) == {"rpn.onnx", "roi.onnx"}
-    for name, entry in m["files"].items():
-        assert sha256_file(deployed / name) == entry["sha256"]
-        assert (deployed / name).stat().st_size == entry["bytes"]
+    assert m.status == "ok" and m.backend == "ort-cpu" and m.precision == "fp32"
+    assert m.arch == ARCH and m.ap == 0.01 and m.ap50 == 0.02
+    assert [g.name for g in m.graphs] == ["rpn", "roi"]
+    assert set(m.files) == {"rpn.onnx", "roi.onnx"}
+    for name, entry in m.files.items():
+        assert sha256_file(deployed / name) == entry.sha256
+        assert (deployed / name).stat().st_size == entry.bytes
     check_files(deployed, m)
-    ver = m["verification"]
-    assert ver["passed"] and ver["images"] == 3
-    assert ver["compared"] > 0 and ver["match_share_iou_0.99"] >= 0.99 and ver["max_score_diff"] < 1e-3
-    assert set(ver["output_rel_diff"]) >= {"rpn.objectness", "roi.class_logits"}
-    lat = m["latency"]
-    assert set(lat["network"]["graphs"]) == {"rpn", "roi"}
-    assert lat["network"]["median_ms"] > 0 and lat["end2end"]["median_ms"] > 0
-    assert m["fingerprint"]["backend"] == "ort-cpu" and m["fingerprint"]["threads"] == 1
-    assert m["classes"]["label_to_cat"] == list(range(11))
+    ver = m.verification
+    assert ver.passed and ver.images == 3  # a figure kept as written (extra key)
+    assert ver.compared and ver.match_share_iou_0_99 and ver.max_score_diff is not None
+    assert ver.compared > 0 and ver.match_share_iou_0_99 >= 0.99 and ver.max_score_diff < 1e-3
+    assert set(ver.output_rel_diff) >= {"rpn.objectness", "roi.class_logits"}
+    lat = m.latency
+    assert lat.network and lat.end2end and set(lat.network.graphs) == {"rpn", "roi"}
+    assert lat.network.median_ms > 0 and lat.end2end.median_ms > 0
+    assert m.fingerprint["backend"] == "ort-cpu" and m.fingerprint["threads"] == 1
+    assert m.classes.label_to_cat == list(range(11))
     index = json.loads((deployed.parent / "models.json").read_text())["models"]
-    assert [r["arch_id"] for r in index] == [m["arch_id"]]
-    assert m["arch_id"] in (deployed.parent / "models.md").read_text()
+    assert [r["arch_id"] for r in index] == [m.arch_id]
+    assert m.arch_id in (deployed.parent / "models.md").read_text()
 
 
 def test_runtime_predict_matches_pytorch_in_original_pixels(deployed: Path, trained: tuple[Path, Path]) -> None:
@@ -177,8 +179,8 @@ def test_deploy_torch_backend(trained: tuple[Path, Path], tmp_path: Path) -> Non
     assert not result.failed
     folder = tmp_path / target.arch_id
     m = read_manifest(folder)
-    assert m["status"] == "ok" and set(m["files"]) == {"weights.pt"} and m["verification"]["passed"]
-    assert m["verification"]["compared"] > 0
+    assert m.status == "ok" and set(m.files) == {"weights.pt"} and m.verification.passed
+    assert m.verification.compared
     with Detector.load(folder, threads=1) as det:
         assert len(det.predict(data / "val" / "000002.png").boxes) > 0
 
@@ -213,7 +215,7 @@ def test_failed_verification_is_recorded_and_refused_on_load(trained: tuple[Path
                                                    timing=QUICK))
     assert [m.arch_id for m in result.failed] == [target.arch_id]
     m = read_manifest(tmp_path / target.arch_id)
-    assert m["status"] == "failed" and not m["verification"]["passed"] and m["verification"]["failures"]
+    assert m.status == "failed" and not m.verification.passed and m.verification.failures
     with pytest.raises(DeployError, match="failed verification"):
         Detector.load(tmp_path / target.arch_id)
     Detector.load(tmp_path / target.arch_id, allow_failed=True).close()
@@ -323,8 +325,9 @@ def test_deploy_cli_from_a_run(trained: tuple[Path, Path], tmp_path: Path) -> No
     arch_id = targets_from_run(run)[0].arch_id
     for stage in ("checkpoint", "weights", "verify", "latency", "saved", "smnas predict --model"):
         assert stage in result.output
-    search = read_manifest(out / arch_id)["latency"]["search"]
-    assert search["backend_spec"]["backend"] == "ort-cpu" and search["comparable"] is False  # another backend
+    search = read_manifest(out / arch_id).latency.search
+    assert search and search.backend_spec and search.backend_spec.backend == "ort-cpu"
+    assert search.comparable is False  # another backend
     again = CliRunner().invoke(app, args)  # the model folder exists now
     assert isinstance(again.exception, DeployError) and "--overwrite" in str(again.exception)
 
@@ -354,8 +357,8 @@ def test_tensorrt_deploy_fp16(trained: tuple[Path, Path], tmp_path: Path) -> Non
     assert not result.failed, result.models[0].error or result.models[0].manifest
     folder = tmp_path / target.arch_id
     m = read_manifest(folder)
-    assert {g["engine"] for g in m["graphs"]} == {"rpn.engine", "roi.engine"}
-    assert m["verification"]["passed"] and m["fingerprint"]["device_kind"] == "cuda"
+    assert {g.engine for g in m.graphs} == {"rpn.engine", "roi.engine"}
+    assert m.verification.passed and m.fingerprint["device_kind"] == "cuda"
     with Detector.load(folder) as det:
         assert len(det.predict(data / "val" / "000001.png").boxes) > 0
 
@@ -389,37 +392,80 @@ def test_deploy_ships_the_graphs_profile_lut_times(arch_text: str, trained: tupl
             info = cache.export(f"test|{graph.name}", graph.module, graph.example_inputs, exporter=DEFAULT_EXPORTER,
                                 precision="fp32", input_names=graph.input_names, output_names=graph.output_names)
             shipped = tmp_path / "out" / target.arch_id / f"{graph.name}.onnx"
-            assert manifest["files"][shipped.name]["sha256"] == info.sha256 == sha256_file(shipped)
+            assert manifest.files[shipped.name].sha256 == info.sha256 == sha256_file(shipped)
             feeds = {n: t.numpy() for n, t in zip(graph.input_names, graph.example_inputs, strict=True)}
             with backend.load(info.path) as timed, backend.load(shipped) as deployed_runner:
                 for a, b in zip(timed.run(feeds), deployed_runner.run(feeds), strict=True):
                     np.testing.assert_array_equal(a, b)
-    assert [g["name"] for g in manifest["graphs"]] == [g.name for g in graphs]
+    assert [g.name for g in manifest.graphs] == [g.name for g in graphs]
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name", ["manifest_v1_scored.json", "manifest_v1_from_run.json"])
+def test_manifests_written_before_the_schema_read_and_write_back_unchanged(name: str, tmp_path: Path) -> None:
+    """Manifests the dict-based writer wrote (ort-cpu, scored; from a search run) load, and writing the model
+    back gives the very same file: files on disk keep their keys and shape."""
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(DATA / name, old / MANIFEST)
+    m = read_manifest(old)
+    assert m.status == "ok" and m.backend == "ort-cpu" and [g.name for g in m.graphs] == ["rpn", "roi"]
+    assert m.latency.network and m.latency.network.median_ms > 0 and m.verification.match_share_iou_0_99 == 1.0
+    if m.accuracy is not None:
+        assert m.accuracy.delta_ap == 0.0
+    else:
+        assert m.latency.search and m.latency.search.comparable and m.latency.network.predicted_ms == 5.0
+    new = tmp_path / "new"
+    new.mkdir()
+    write_manifest(new, m)
+    assert (new / MANIFEST).read_text() == (old / MANIFEST).read_text()
 
 
 # Found by tests/test_fuzz_inputs.py (Hypothesis): each made read_manifest, check_files or the index raise
 # ValueError, TypeError, KeyError, AttributeError or OverflowError instead of a one-line DeployError.
-# `f` is the name of the model's first file.
+# `f` is the name of the model's first file (`{f}` in a message).
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda m, f: m.update(version="abc"), "manifest version 'abc'"),
-    (lambda m, f: m.update(files=5), "files is not a list of files"),
-    (lambda m, f: m["files"].update({f: 5}), "needs sha256 and bytes"),
-    (lambda m, f: m["files"][f].pop("sha256"), "needs sha256 and bytes"),
-    (lambda m, f: m["files"][f].pop("bytes"), "needs sha256 and bytes"),
-    (lambda m, f: m["files"].update({"../x": m["files"].pop(f)}), "file name '../x'"),
-    (lambda m, f: m.update(latency=5), "latency is not an object"),
-    (lambda m, f: m["latency"].update(network=5), "latency.network"),
-    (lambda m, f: m["latency"]["network"].update(median_ms="fast"), "latency.network"),
-    (lambda m, f: m.update(ap=[1]), "fingerprint, ap or ap50"),
-    (lambda m, f: m.update(ap=10**400), "fingerprint, ap or ap50"),
-    (lambda m, f: m.update(arch_id="0123456789"), "is not the id of its arch"),
+    (lambda m, f: m.update(version="abc"), "manifest version 'abc', this smnas reads 1"),
+    (lambda m, f: m.update(files=5), "damaged manifest (files: Input should be a valid dictionary)"),
+    (lambda m, f: m.update(files={}), "files: Dictionary should have at least 1 item"),
+    (lambda m, f: m["files"].update({f: 5}), "files.{f}: Input should be a valid dictionary"),
+    (lambda m, f: m["files"][f].pop("sha256"), "files.{f}.sha256: Field required"),
+    (lambda m, f: m["files"][f].pop("bytes"), "files.{f}.bytes: Field required"),
+    (lambda m, f: m["files"][f].update(bytes=True), "files.{f}.bytes: Input should be a valid integer"),
+    (lambda m, f: m["files"][f].update(sha256="ab"), "files.{f}.sha256: String should match pattern"),
+    (lambda m, f: m["files"].update({"../x": m["files"].pop(f)}), "file name '../x' is not a plain name"),
+    (lambda m, f: m.update(latency=5), "latency: Input should be a valid dictionary"),
+    (lambda m, f: m["latency"].update(network=5), "latency.network: Input should be a valid dictionary"),
+    (lambda m, f: m["latency"]["network"].update(median_ms="fast"), "latency.network.median_ms: Input should be a "
+                                                                    "valid number"),
+    (lambda m, f: m.update(ap=[1]), "ap: Input should be a valid number"),
+    (lambda m, f: m.update(ap=10**400), "ap: Input should be a valid number"),
+    (lambda m, f: m.update(ap50=float("inf")), "ap50: Input should be a finite number"),
+    (lambda m, f: m.update(arch_id="0123456789"), "arch_id: '0123456789' is not the id of its arch"),
+    (lambda m, f: m.update(arch="nonsense"), "arch: 'nonsense' has 1 fields"),
+    (lambda m, f: m.update(status="great"), "status: Input should be 'ok', 'failed' or 'pending', got 'great'"),
+    (lambda m, f: m.pop("classes"), "classes: Field required"),
+    (lambda m, f: m["classes"].update(label_to_cat=[0]), "classes.label_to_cat: List should have at least 2 items"),
+    (lambda m, f: m["classes"].update(names={"x": "a"}), "classes.names.x.[key]: String should match pattern"),
+    (lambda m, f: m["graphs"][0].update(onnx="nope.onnx"), "graphs: nope.onnx of graph rpn is not listed in files"),
+    (lambda m, f: m.update(feature_sizes=[[1, 0]]), "feature_sizes.0.1: Input should be greater than 0"),
+    (lambda m, f: m.update(feature_sizes=[[1, 2, 3]]), "feature_sizes.0: List should have at most 2 items"),
+    (lambda m, f: m.update(fingerprint={"backend": 1}), "fingerprint: missing fields"),
+    (lambda m, f: m["verification"].update({"match_share_iou_0.99": "x"}), "verification.match_share_iou_0.99: "
+                                                                          "Input should be a valid number"),
 ])
 def test_damaged_manifests_are_one_line_errors(deployed: Path, tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / deployed.name
     shutil.copytree(deployed, folder)
     manifest = json.loads((folder / MANIFEST).read_text())
-    edit(manifest, next(iter(manifest["files"])))
+    first = next(iter(manifest["files"]))
+    edit(manifest, first)
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(DeployError, match=re.escape(message)) as info:
+    with pytest.raises(DeployError, match=re.escape(message.replace("{f}", first))) as info:
         read_manifest(folder)
     assert len(str(info.value).splitlines()) == 1
+    assert str(info.value).startswith(str(folder / MANIFEST))
+    if "version" not in message:
+        assert str(info.value).endswith("; deploy the model again")

@@ -42,31 +42,32 @@ def _deploy(trained: tuple[Path, Path], out: Path, **kw: object) -> Path:
     options = DeployOptions(out=out, spec=deploy_spec("ort-cpu", "int8", threads=1), verify_images=3, timing=QUICK,
                             **kw)  # type: ignore[arg-type]
     result = deploy_models([target], options)
-    assert not result.failed, result.models[0].error or result.models[0].manifest["verification"]["failures"]
+    assert not result.failed, result.models[0].error or result.models[0].manifest
     return out / target.arch_id
 
 
 def test_int8_deploy_calibrates_verifies_and_runs(trained: tuple[Path, Path], tmp_path: Path) -> None:
     folder = _deploy(trained, tmp_path / "a", calibration_images=5, seed=3)
     manifest = read_manifest(folder)
-    assert manifest["precision"] == "int8" and manifest["status"] == "ok"
-    calibration = manifest["calibration"]
+    assert manifest.precision == "int8" and manifest.status == "ok"
+    calibration = manifest.calibration
+    assert calibration is not None
     assert calibration["images"] == 5 and calibration["available"] == 8 and calibration["seed"] == 3
     assert calibration["split"] == "train" and calibration["scheme"] == "u8s8" and calibration["method"] == "minmax"
     assert set(calibration["qdq_nodes"]) == {"rpn", "roi"} and all(calibration["qdq_nodes"].values())
-    verification = manifest["verification"]
-    assert verification["precision"] == "int8" and verification["tolerance"] == TOLERANCES["int8"].to_dict()
-    for graph in manifest["graphs"]:  # the shipped graphs are the QDQ graphs
-        model = onnx.load(str(folder / graph["onnx"]))
+    verification = manifest.verification
+    assert verification.precision == "int8" and verification.tolerance == TOLERANCES["int8"].to_dict()
+    for graph in manifest.graphs:  # the shipped graphs are the QDQ graphs
+        model = onnx.load(str(folder / str(graph.onnx)))
         assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-        assert quant_metadata(folder / graph["onnx"])["scheme"] == "u8s8"
+        assert quant_metadata(folder / str(graph.onnx))["scheme"] == "u8s8"
     with Detector.load(folder) as detector:
         pixels = torch.rand(3, 64, 64)
         dets = detector.detect_prepared(detector.normalise(pixels))
         assert set(dets) >= {"boxes", "scores", "labels"}
     # Same seed, same images: the same graphs, byte for byte; the manifest's hashes say so.
     again = read_manifest(_deploy(trained, tmp_path / "b", calibration_images=5, seed=3))
-    assert {k: v["sha256"] for k, v in again["files"].items()} == {k: v["sha256"] for k, v in manifest["files"].items()}
+    assert {k: v.sha256 for k, v in again.files.items()} == {k: v.sha256 for k, v in manifest.files.items()}
 
 
 def test_int8_without_training_images_is_refused_and_writes_nothing(trained: tuple[Path, Path],
@@ -136,22 +137,22 @@ def test_deployed_ap_equals_a_direct_pycocotools_evaluation(trained: tuple[Path,
     data, _ = trained
     folder = _deploy(trained, tmp_path / "s", calibration_images=8)
     manifest = read_manifest(folder)
-    accuracy = manifest["accuracy"]
-    assert accuracy["split"] == "val" and accuracy["images"] == 3
-    assert accuracy["delta_ap"] == pytest.approx(accuracy["deployed"]["AP"] - accuracy["pytorch"]["AP"])
+    accuracy = manifest.accuracy
+    assert accuracy is not None and accuracy.split == "val" and accuracy.images == 3
+    assert accuracy.delta_ap == pytest.approx(accuracy.deployed.ap - accuracy.pytorch.ap)
     dataset = CocoDetection(data, "val", (64, 64))
     with Detector.load(folder) as detector:
         detections = deployed_detections(detector, dataset)
-    assert len(detections) == accuracy["detections"]["deployed"]
+    assert len(detections) == accuracy.detections["deployed"]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_eval = COCOeval(dataset.coco, dataset.coco.loadRes(detections), "bbox")
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    assert accuracy["deployed"]["AP"] == pytest.approx(float(coco_eval.stats[0]), abs=1e-9)
-    assert accuracy["deployed"]["AP50"] == pytest.approx(float(coco_eval.stats[1]), abs=1e-9)
+    assert accuracy.deployed.ap == pytest.approx(float(coco_eval.stats[0]), abs=1e-9)
+    assert accuracy.deployed.ap50 == pytest.approx(float(coco_eval.stats[1]), abs=1e-9)
     index = (tmp_path / "s" / "models.md").read_text()
-    assert "| AP (deployed) | ΔAP |" in index and f"{accuracy['delta_ap']:+.3f}" in index
+    assert "| AP (deployed) | ΔAP |" in index and f"{accuracy.delta_ap:+.3f}" in index
 
 
 def test_cli_compare_fp32_int8_writes_one_table(trained: tuple[Path, Path], tmp_path: Path,
@@ -172,7 +173,7 @@ def test_cli_compare_fp32_int8_writes_one_table(trained: tuple[Path, Path], tmp_
     fp32, int8 = report["rows"]
     assert fp32["delta_ap"] == 0.0 and fp32["speedup"] == 1.0
     assert int8["delta_ap"] == pytest.approx(int8["ap"] - fp32["ap"]) and int8["speedup"] > 0
-    assert read_manifest(out / "int8" / int8["arch_id"])["precision"] == "int8"
+    assert read_manifest(out / "int8" / int8["arch_id"]).precision == "int8"
     assert "| AP (deployed) | ΔAP |" in (out / "compare.md").read_text()
 
 

@@ -605,7 +605,7 @@ def check_manifest_folder(folder: Path) -> None:
         assert_one_line(e)
         return
     loaded()
-    assert isinstance(manifest["arch"], str) and isinstance(manifest["files"], dict)
+    assert isinstance(manifest.arch, str) and manifest.files
 
 
 def check_manifest_mutated(deployed: Path, scratch: Path, data: st.DataObject) -> None:

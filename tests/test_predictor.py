@@ -331,7 +331,7 @@ def test_eval_on_another_runs_table_corrects_for_drift_and_states_the_three_erro
             profile_lut(space=tiny, out=tmp_path / f"{name}.db", spec=BackendSpec(threads=1), timing=QUICK,
                         archs=sample_models(tiny, 12, seed=seed), cache=cache, anchors=3)
     predictor, _, _ = fit_predictor(tmp_path / "a.db", tmp_path / "pred", FAST_FIT)
-    assert len(predictor.meta["anchors_ms"]) == 3 and predictor.meta["table_repeat"]["median"] is not None
+    assert len(predictor.meta.anchors_ms) == 3 and predictor.meta.table_repeat["median"] is not None
     report = evaluate_on_table(predictor, tmp_path / "b.db", exclude=set(load_training_data(tmp_path / "a.db").archs))
     errors = report["errors"]
     assert errors["drift"]["n"] == 3 and errors["drift"]["ratio"] > 0
@@ -393,6 +393,17 @@ def test_fit_accepts_a_foreign_table_and_says_which_device_it_serves(tables: tup
 
 
 # ------------------------------------------------------------------------------------ damaged folders
+def test_predictor_json_written_before_the_schema_reads_and_writes_back_unchanged() -> None:
+    """A predictor.json the dict-based writer wrote validates, and dumping the model gives the very same file."""
+    from smnas_trt.predictors.predictor import PredictorMeta
+
+    text = (Path(__file__).parent / "data" / "predictor_v2.json").read_text()
+    meta = PredictorMeta.model_validate(json.loads(text))
+    assert meta.n_train == 12 and meta.fit_config.folds == 3 and meta.feature_config.use_lut
+    assert len(meta.prior.coefficients) == len(meta.prior.features) + 1 and meta.scope == "network"
+    assert json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n" == text
+
+
 # Found by tests/test_fuzz_inputs.py (Hypothesis): each edit of predictor.json raised KeyError, TypeError,
 # ValueError, OverflowError or AttributeError (in load or in describe/predict), or made NaN predictions.
 def _del(*path: str):  # type: ignore[no-untyped-def]
@@ -405,20 +416,35 @@ def _del(*path: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (_del("prior"), "prior is missing or not an object"),
-    (_del("prior", "coefficients"), "prior needs feature names of the schema"),
-    (_del("n_train"), "n_train None is not a count"),
-    (_del("feature_config"), "feature_config is missing or not an object"),
-    (_del("conformal_quantile"), "conformal_quantile None is not a number"),
+    (_del("prior"), "prior: Field required"),
+    (_del("prior", "coefficients"), "prior.coefficients: Field required"),
+    (_del("n_train"), "n_train: Field required"),
+    (_del("feature_config"), "feature_config: Field required"),
+    (_del("conformal_quantile"), "conformal_quantile: Field required"),
+    (_del("files"), "files: Field required"),
     (lambda m: m["prior"].update(coefficients=m["prior"]["coefficients"][:-1]), "one non-negative coefficient more"),
-    (lambda m: m["prior"].update(coefficients=[{}] * len(m["prior"]["coefficients"])), "prior needs"),
-    (lambda m: m["prior"].update(coefficients=[float("nan")] * len(m["prior"]["coefficients"])), "prior needs"),
-    (lambda m: m["prior"].update(features=5), "prior needs"),
-    (lambda m: m["feature_config"].update(num_classes=float("inf")), "feature config: missing or bad field"),
-    (lambda m: m["cv_metrics"].update(predictor=None), "cv_metrics.predictor is missing or damaged"),
-    (lambda m: m["fit_config"].update(folds="three"), "fit_config: folds: Input should be a valid integer"),
-    (lambda m: m["fit_config"].update(threads=10**400), "fit_config: threads: Input should be less than or equal"),
-    (lambda m: m.update(files=5), "'files' must list mean.ubj"),
+    (lambda m: m["prior"].update(coefficients=[{}] * len(m["prior"]["coefficients"])),
+     "prior.coefficients.0: Input should be a valid number"),
+    (lambda m: m["prior"].update(coefficients=[float("nan")] * len(m["prior"]["coefficients"])),
+     "prior.coefficients.0: Input should be a finite number"),
+    (lambda m: m["prior"].update(coefficients=[-1.0] * len(m["prior"]["coefficients"])),
+     "prior.coefficients.0: Input should be greater than or equal to 0"),
+    (lambda m: m["prior"].update(features=5), "prior.features: Input should be a valid list"),
+    (lambda m: m["prior"].update(features=["x", *m["prior"]["features"][1:]]), "prior: features ['x'] are not in"),
+    (lambda m: m.update(feature_names=m["feature_names"][:-1]), "feature_names: not the feature names of schema"),
+    (lambda m: m["feature_config"].update(num_classes=float("inf")),
+     "feature_config.num_classes: Input should be a finite number"),
+    (lambda m: m["feature_config"].update(schema_version=3), "feature_config.schema_version: feature schema 3 is not"),
+    (lambda m: m["cv_metrics"].update(predictor=None), "cv_metrics.predictor: Input should be a valid dictionary"),
+    (lambda m: m["fit_config"].update(folds="three"), "fit_config.folds: Input should be a valid integer"),
+    (lambda m: m["fit_config"].update(threads=10**400), "fit_config.threads: Input should be less than or equal"),
+    (lambda m: m.update(files=5), "files: Input should be a valid dictionary"),
+    (lambda m: m.update(files={"a": "b"}), "files: must list mean.ubj, scale.ubj and modules.json"),
+    (lambda m: m.update(scope="x"), "scope: Input should be 'network' or 'end2end', got 'x'"),
+    (lambda m: m.update(n_train=True), "n_train: Input should be a valid integer"),
+    (lambda m: m.update(conformal_quantile="1"), "conformal_quantile: Input should be a valid number"),
+    (lambda m: m.update(fingerprint={"backend": 1}), "fingerprint: missing fields"),
+    (lambda m: m["baselines"]["flops_linear"].update(intercept_ms=None), "baselines.flops_linear.intercept_ms: Input"),
 ])
 def test_damaged_predictor_json_is_one_line_error(fitted: tuple[Path, LatencyPredictor, dict], tmp_path: Path,
                                                   edit, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -430,6 +456,7 @@ def test_damaged_predictor_json_is_one_line_error(fitted: tuple[Path, LatencyPre
     with pytest.raises(PredictorError, match=re.escape(message)) as info:
         LatencyPredictor.load(out)
     assert len(str(info.value).splitlines()) == 1
+    assert str(info.value).startswith(str(out / "predictor.json")) and str(info.value).endswith("; refit the predictor")
 
 
 def test_a_damaged_model_file_with_a_matching_checksum_never_reaches_xgboost(

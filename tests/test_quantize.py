@@ -223,7 +223,7 @@ def test_predictor_fitted_on_fp32_refuses_int8(tmp_path: Path) -> None:
     fit_predictor(tmp_path / "fp32.db", tmp_path / "pred",
                   FitConfig(folds=3, rounds=20, scale_rounds=10, threads=1, num_classes=3))
     predictor = LatencyPredictor.load(tmp_path / "pred")
-    assert predictor.meta["precision"] == "fp32"
+    assert predictor.meta.precision == "fp32"
     for refuse in (lambda: evaluate_on_table(predictor, tmp_path / "int8.db"),
                    lambda: LatencyPredictor.load(tmp_path / "pred", fingerprint=int8)):
         with pytest.raises(ForeignDeviceError) as caught:

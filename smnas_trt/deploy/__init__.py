@@ -11,7 +11,7 @@ from smnas_trt.deploy.deployer import (
     target_from_checkpoint,
     targets_from_run,
 )
-from smnas_trt.deploy.manifest import MANIFEST, check_files, read_manifest, sha256_file, write_index
+from smnas_trt.deploy.manifest import MANIFEST, DeployedManifest, check_files, read_manifest, sha256_file, write_index
 from smnas_trt.deploy.runtime import Detections, Detector
 from smnas_trt.deploy.verify import TOLERANCES, Tolerance, Verification, match_detections
 
@@ -22,6 +22,7 @@ __all__ = [
     "DeployOptions",
     "DeployResult",
     "DeployTarget",
+    "DeployedManifest",
     "DeployedModel",
     "Detections",
     "Detector",

@@ -55,16 +55,16 @@ def comparison_rows(results: dict[str, DeployResult]) -> list[dict[str, Any]]:
     base: dict[str, dict[str, Any]] = {}
     for precision, result in results.items():
         for model in result.models:
-            m = model.manifest or {}
-            accuracy = m.get("accuracy") or {}
-            latency = m.get("latency") or {}
-            row = {
+            m = model.manifest
+            accuracy = m.accuracy if m else None
+            network, end2end = (m.latency.network, m.latency.end2end) if m else (None, None)
+            row: dict[str, Any] = {
                 "arch_id": model.arch_id, "arch": model.arch, "precision": precision, "status": model.status,
-                "size_mb": sum(f["bytes"] for f in (m.get("files") or {}).values()) / 1e6,
-                "ap": (accuracy.get("deployed") or {}).get("AP"), "ap50": (accuracy.get("deployed") or {}).get("AP50"),
-                "ap_pytorch": (accuracy.get("pytorch") or {}).get("AP"),
-                "network_ms": (latency.get("network") or {}).get("median_ms"),
-                "end2end_ms": (latency.get("end2end") or {}).get("median_ms"),
+                "size_mb": m.size_bytes() / 1e6 if m else 0.0,
+                "ap": accuracy.deployed.ap if accuracy else None, "ap50": accuracy.deployed.ap50 if accuracy else None,
+                "ap_pytorch": accuracy.pytorch.ap if accuracy else None,
+                "network_ms": network.median_ms if network else None,
+                "end2end_ms": end2end.median_ms if end2end else None,
                 "error": model.error,
             }
             if precision == first:

@@ -36,6 +36,10 @@ class StagePrinter:
                            highlight=False, soft_wrap=True)
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def deploy_table(result: DeployResult, wide: bool = True) -> Table:
     """The final table; `wide=False` leaves out the arch strings and sizes (they are in the lines above)."""
     table = Table(title=f"Deployed to {result.out} in {result.seconds:.0f} s")
@@ -49,16 +53,16 @@ def deploy_table(result: DeployResult, wide: bool = True) -> Table:
             table.add_row(*([m.arch_id, m.arch] if wide else [m.arch_id]), "[red]error[/]")
             continue
         man = m.manifest
-        lat, ver = man["latency"], man["verification"]
-        search = lat.get("search") or {}
-        predicted = "-" if search.get("predicted_ms") is None else \
-            f"{search['predicted_ms']:.2f}" + ("" if search.get("comparable") else "*")
+        lat, ver, search = man.latency, man.verification, man.latency.search
+        predicted = "-" if search is None or search.predicted_ms is None else \
+            f"{search.predicted_ms:.2f}" + ("" if search.comparable else "*")
         status = "[green]ok[/]" if m.status == "ok" else "[red]FAILED[/]"
-        row = [m.arch_id, *([m.arch] if wide else []), status, "-" if man.get("ap") is None else f"{man['ap']:.3f}",
-               f"{lat['network']['median_ms']:.2f}", f"{lat['end2end']['median_ms']:.2f}", predicted,
-               f"{ver['match_share_iou_0.99']:.0%}", f"{ver['max_score_diff']:.0e}"]
+        row = [m.arch_id, *([m.arch] if wide else []), status, _fmt(man.ap, ".3f"),
+               _fmt(lat.network.median_ms if lat.network else None, ".2f"),
+               _fmt(lat.end2end.median_ms if lat.end2end else None, ".2f"), predicted,
+               _fmt(ver.match_share_iou_0_99, ".0%"), _fmt(ver.max_score_diff, ".0e")]
         if wide:
-            row.append(human_size(sum(f["bytes"] for f in man["files"].values())))
+            row.append(human_size(man.size_bytes()))
         table.add_row(*row)
     return table
 
@@ -66,11 +70,11 @@ def deploy_table(result: DeployResult, wide: bool = True) -> Table:
 def print_summary(console: Console, result: DeployResult) -> None:
     console.print()
     console.print(deploy_table(result, wide=console.width >= 120))
-    searches = [(m.manifest or {}).get("latency", {}).get("search") or {} for m in result.models]
-    scopes = sorted({s["scope"] for s in searches if s.get("predicted_ms") is not None})
+    searches = [s for m in result.models if m.manifest and (s := m.manifest.latency.search)]
+    scopes = sorted({s.scope or "?" for s in searches if s.predicted_ms is not None})
     if scopes:
         console.print(f"[dim]pred ms: the search's predicted {'/'.join(scopes)} latency[/]")
-    if any(s.get("comparable") is False for s in searches):
+    if any(s.comparable is False for s in searches):
         console.print("[dim]* predicted on the search's backend/precision, not comparable with these figures[/]")
     console.print("[dim]match: PyTorch boxes matched at IoU >= 0.99; Δscore: largest score difference[/]")
     console.print(f"table: {result.index_md}", highlight=False)
@@ -82,5 +86,5 @@ def print_summary(console: Console, result: DeployResult) -> None:
         console.print(f"  python -c \"from smnas_trt.deploy import Detector; "
                       f"print(Detector.load('{first}').predict('IMAGE'))\"", highlight=False, soft_wrap=True)
     for m in result.failed:
-        reason = m.error or "; ".join((m.manifest or {}).get("verification", {}).get("failures") or [])
+        reason = m.error or "; ".join(m.manifest.verification.failures if m.manifest else [])
         console.print(Text.assemble(("failed:", "red"), f" {m.arch_id}: {reason}"), highlight=False, soft_wrap=True)

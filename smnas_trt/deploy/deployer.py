@@ -28,6 +28,7 @@ from smnas_trt.deploy.decoder import feature_sizes
 from smnas_trt.deploy.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
+    DeployedManifest,
     file_entries,
     read_manifest,
     write_index,
@@ -90,7 +91,7 @@ class DeployedModel:
     arch: str
     status: str  # ok | failed
     folder: Path | None
-    manifest: dict[str, Any] | None = None
+    manifest: DeployedManifest | None = None
     error: str | None = None
 
 
@@ -229,7 +230,7 @@ def deploy_models(targets: list[DeployTarget], options: DeployOptions, log: Stag
             on_model(i, target)
         try:
             manifest = deploy_one(target, options, backend, log, drifts.get(_run_of(target) or ""))
-            models.append(DeployedModel(target.arch_id, target.arch, manifest["status"], out / target.arch_id,
+            models.append(DeployedModel(target.arch_id, target.arch, manifest.status, out / target.arch_id,
                                         manifest))
         except SmnasError as e:
             log("error", str(e), None, None)
@@ -285,7 +286,7 @@ def _measure_drifts(targets: list[DeployTarget], options: DeployOptions, backend
 
 
 def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: StageLog,
-               drift: dict[str, Any] | None = None) -> dict[str, Any]:
+               drift: dict[str, Any] | None = None) -> DeployedManifest:
     """Deploy one model into `options.out/<arch id>/` (written atomically); returns its manifest."""
     from smnas_trt import __version__
     from smnas_trt.data import CocoDetection
@@ -328,7 +329,8 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
             graphs = [{"name": s.name, "inputs": s.input_names, "outputs": s.output_names} for s in specs]
         else:
             graphs = _export_graphs(specs, tmp, options, log, files)
-        manifest: dict[str, Any] = {
+        # The manifest's fields as plain values; each write validates them (DeployedManifest) as a reader will.
+        record: dict[str, Any] = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "smnas_version": __version__,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "arch": target.arch, "arch_id": target.arch_id, "status": "pending",
@@ -348,14 +350,15 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
             "verification": {"score_thresh": VERIFY_SCORE_THRESH}, "latency": {},
             "source": {"checkpoint": str(Path(target.checkpoint).resolve()), "data": str(target.data_dir),
                        "split": options.split, "run": (target.search or {}).get("run")},
-            "files": {},
         }
         if spec.precision == "int8":
-            manifest["calibration"] = _calibrate(model, target, options, tmp, manifest, log)
+            # The float graphs calibrate: a manifest of them as they are now (quantized in place after).
+            floats = DeployedManifest.model_validate({**record, "files": file_entries(tmp, files)})
+            record["calibration"] = _calibrate(model, target, options, tmp, floats, log)
         if spec.backend == "tensorrt":
             _build_engines(graphs, tmp, options, backend, log, files)
-        manifest["files"] = file_entries(tmp, files)
-        write_manifest(tmp, manifest)
+        record["files"] = file_entries(tmp, files)
+        write_manifest(tmp, DeployedManifest.model_validate(record))
         detector = Detector.load(tmp, allow_failed=True)
         try:
             t0 = time.perf_counter()
@@ -370,12 +373,13 @@ def deploy_one(target: DeployTarget, options: DeployOptions, backend: Any, log: 
             detector.close()
         latency = _latency_record(timed, target, options, drift)
         log("latency", _latency_text(latency), time.perf_counter() - t0, None)
-        manifest.update(status="ok" if verification.passed else "failed",
-                        verification={**verification.to_dict(), "score_thresh": VERIFY_SCORE_THRESH,
-                                      "split": options.split},
-                        latency=latency, accuracy=accuracy)
+        record.update(status="ok" if verification.passed else "failed",
+                      verification={**verification.to_dict(), "score_thresh": VERIFY_SCORE_THRESH,
+                                    "split": options.split},
+                      latency=latency, accuracy=accuracy)
+        manifest = DeployedManifest.model_validate(record)
         write_manifest(tmp, manifest)
-    log("saved", str(folder), None, sum(f["bytes"] for f in manifest["files"].values()))
+    log("saved", str(folder), None, manifest.size_bytes())
     return read_manifest(folder)
 
 
@@ -416,7 +420,7 @@ def _build_engines(graphs: list[dict[str, Any]], tmp: Path, options: DeployOptio
             time.perf_counter() - t0, (tmp / engine_name).stat().st_size)
 
 
-def _calibrate(model: Any, target: DeployTarget, options: DeployOptions, tmp: Path, manifest: dict[str, Any],
+def _calibrate(model: Any, target: DeployTarget, options: DeployOptions, tmp: Path, manifest: DeployedManifest,
                log: StageLog) -> dict[str, Any]:
     """Quantize the exported fp32 graphs in `tmp` in place (QDQ, `profiling.quantize`), calibrated on the inputs
     each graph receives from the float pipeline on `calibration_images` training images drawn with `seed`."""
@@ -431,8 +435,8 @@ def _calibrate(model: Any, target: DeployTarget, options: DeployOptions, tmp: Pa
     data = CocoDetection(target.data_dir, options.calibration_split, (arch.size.width, arch.size.height))
     n = min(options.calibration_images, len(data))
     indices = sorted(random.Random(options.seed).sample(range(len(data)), n))
-    feeds: dict[str, list[dict[str, Any]]] = {g["name"]: [] for g in manifest["graphs"]}
-    names = {g["name"]: g["inputs"] for g in manifest["graphs"]}
+    feeds: dict[str, list[dict[str, Any]]] = {g.name: [] for g in manifest.graphs}
+    names = {g.name: g.inputs for g in manifest.graphs}
 
     def keep(run: GraphRun) -> None:
         feeds[run.name].append(dict(zip(names[run.name], run.inputs, strict=True)))
@@ -443,10 +447,11 @@ def _calibrate(model: Any, target: DeployTarget, options: DeployOptions, tmp: Pa
     scheme = scheme_for(options.spec.backend)
     qdq: dict[str, int] = {}
     info = None
-    for graph in manifest["graphs"]:
-        info = quantize_onnx(tmp / graph["onnx"], tmp / graph["onnx"], feeds[graph["name"]], scheme,
+    for graph in manifest.graphs:
+        assert graph.onnx is not None
+        info = quantize_onnx(tmp / graph.onnx, tmp / graph.onnx, feeds[graph.name], scheme,
                              options.calibration_method)  # type: ignore[arg-type]  # checked in deploy_models
-        qdq[graph["name"]] = info.qdq_nodes
+        qdq[graph.name] = info.qdq_nodes
     assert info is not None
     record = {"split": options.calibration_split, "images": n, "available": len(data), "seed": options.seed,
               "method": info.method, "scheme": scheme, "per_channel": info.per_channel,
@@ -533,7 +538,7 @@ def _verify_images(model: Any, specs: list[Any], detector: Detector, images: Any
 
 
 def _output_names(detector: Detector, graph: str) -> list[str]:
-    return next(g["outputs"] for g in detector.manifest["graphs"] if g["name"] == graph)
+    return next(g.outputs for g in detector.manifest.graphs if g.name == graph)
 
 
 # ---------------------------------------------------------------------------------------------- latency

@@ -2,25 +2,191 @@
 
 A manifest lists every file of the model with its size and SHA-256; loading checks them, so a
 truncated or altered engine is refused with a message naming the file instead of crashing later.
+`DeployedManifest` is its schema: reading validates every field smnas uses (one line naming the
+field when one is damaged), writing dumps the model.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from smnas_trt.errors import DeployError, first_line, short_repr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from smnas_trt.errors import ArchError, DeployError, first_line, short_repr
 from smnas_trt.fileio import atomic_write_json, atomic_write_text, sha256_file
+from smnas_trt.profiling.fingerprint import FingerprintRecord
+from smnas_trt.profiling.spec import BackendName, BackendSpec, Precision
+from smnas_trt.space import parse
+from smnas_trt.space.config import pydantic_error_line
 
 MANIFEST = "manifest.json"
 INDEX_JSON = "models.json"
 INDEX_MD = "models.md"
 MANIFEST_FORMAT = "smnas-deployed-model"
 MANIFEST_VERSION = 1
-REQUIRED_KEYS = ("format", "version", "arch", "arch_id", "status", "backend", "precision", "files", "graphs",
-                 "verification", "latency", "fingerprint", "classes")
+
+
+class _Record(BaseModel):
+    """Strict types (no true for a number, no text for a count) and finite numbers in every field smnas reads.
+
+    Other keys are kept as written (extra="allow"): the records also hold figures nobody reads back (timing
+    statistics, verification details, scores, calibration), and a key a newer smnas adds survives. Writing dumps
+    only the keys that were set, so a manifest read and written again is the same file.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, ser_json_inf_nan="constants")
+
+
+def _plain_name(name: str) -> str:
+    # A plain name in the folder: a path here would make the hash check read files elsewhere.
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"file name {short_repr(name)} is not a plain name in the model folder")
+    return name
+
+
+FileName = Annotated[str, AfterValidator(_plain_name)]
+
+
+class FileEntry(_Record):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: NonNegativeInt
+
+
+class Graph(_Record):
+    """One graph of the model: its tensors' names in order and its files (none for the torch backend)."""
+
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    onnx: FileName | None = None
+    engine: FileName | None = None
+
+
+class Classes(_Record):
+    label_to_cat: list[int] = Field(min_length=2)  # model label -> dataset category id (0: background)
+    names: dict[Annotated[str, Field(pattern=r"^[0-9]+$")], str]  # category id -> name
+
+
+class VerificationRecord(_Record):
+    """`deploy.verify.Verification.to_dict()` and its settings; only `score_thresh` before verification."""
+
+    score_thresh: float | None = None
+    passed: bool | None = None
+    failures: list[str] = []
+    compared: NonNegativeInt | None = None
+    match_share_iou_0_99: float | None = Field(None, alias="match_share_iou_0.99")
+    max_score_diff: float | None = None
+
+
+class LatencyEntry(_Record):
+    """`network` or `end2end` latency: timing statistics, and the search's prediction where comparable."""
+
+    median_ms: float
+    predicted_ms: float | None = None
+
+
+class SearchRecord(_Record):
+    """What the search run knew about the model (`DeployTarget.search`), and whether it timed what is deployed."""
+
+    scope: str | None = None
+    predicted_ms: float | None = None
+    backend_spec: BackendSpec | None = None
+    comparable: bool | None = None
+
+
+class Latency(_Record):
+    network: LatencyEntry | None = None  # all absent before timing
+    end2end: LatencyEntry | None = None
+    search: SearchRecord | None = None
+
+
+class Scores(_Record):
+    ap: float = Field(alias="AP")
+    ap50: float = Field(alias="AP50")
+
+
+class Accuracy(_Record):
+    """COCO AP of the deployed model's own detections and of PyTorch (`deploy.score.score_deployed`)."""
+
+    deployed: Scores
+    pytorch: Scores
+    delta_ap: float
+
+
+class Source(_Record):
+    checkpoint: str
+    run: str | None = None
+
+
+class DeployedManifest(_Record):
+    format: Literal["smnas-deployed-model"]
+    version: Literal[1]
+    smnas_version: str | None = None
+    created_at: str | None = None
+    arch: str
+    arch_id: str
+    status: Literal["ok", "failed", "pending"]  # pending: written by deploy before verification
+    ap: float | None = None  # the search's (or the given) AP of the trained model
+    ap50: float | None = None
+    backend: BackendName
+    backend_version: str | None = None
+    precision: Precision
+    backend_spec: BackendSpec | None = None
+    fingerprint: FingerprintRecord
+    files: dict[FileName, FileEntry] = Field(min_length=1)
+    graphs: list[Graph] = Field(min_length=1)
+    feature_sizes: list[Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]]  # [height, width]
+    classes: Classes
+    input: dict[str, Any] | None = None
+    postprocess: dict[str, Any] | None = None
+    verification: VerificationRecord
+    latency: Latency
+    accuracy: Accuracy | None = None
+    calibration: dict[str, Any] | None = None  # int8
+    source: Source
+
+    @field_validator("arch")
+    @classmethod
+    def _parses(cls, arch: str) -> str:
+        try:
+            parse(arch)
+        except ArchError as e:
+            raise ValueError(str(e).removeprefix("arch: ")) from None
+        return arch
+
+    @field_validator("arch_id")
+    @classmethod
+    def _id_of_arch(cls, arch_id: str, info: ValidationInfo) -> str:
+        if "arch" in info.data and arch_id != (expected := parse(info.data["arch"]).id):
+            raise ValueError(f"{short_repr(arch_id)} is not the id of its arch ({expected})")
+        return arch_id
+
+    @field_validator("graphs")
+    @classmethod
+    def _files_listed(cls, graphs: list[Graph], info: ValidationInfo) -> list[Graph]:
+        files = info.data.get("files")
+        if files is None:  # damaged itself: reported as such
+            return graphs
+        for graph in graphs:
+            for name in (graph.onnx, graph.engine):
+                if name is not None and name not in files:
+                    raise ValueError(f"{name} of graph {graph.name} is not listed in files")
+        return graphs
+
+    def size_bytes(self) -> int:
+        return sum(f.bytes for f in self.files.values())
 
 
 def file_entries(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -28,16 +194,13 @@ def file_entries(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     return {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size} for name in names}
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise DeployError(f"manifest for {folder}: missing fields {missing}")
+def write_manifest(folder: Path, manifest: DeployedManifest) -> Path:
     path = folder / MANIFEST
-    atomic_write_json(path, manifest)
+    atomic_write_json(path, manifest.model_dump(mode="json", by_alias=True, exclude_unset=True))
     return path
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
+def read_manifest(folder: str | Path) -> DeployedManifest:
     """The manifest of a deployed model folder, checked for its format and fields (not yet its file hashes)."""
     folder = Path(folder)
     path = folder / MANIFEST
@@ -46,117 +209,35 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DeployError(f"{folder} is not a deployed model (no {MANIFEST}); give a folder written by smnas deploy")
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        raw = json.loads(path.read_bytes().decode("utf-8"))
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DeployError(f"{path}: not valid JSON ({first_line(e, 120)}); deploy the model again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
         raise DeployError(f"{path} is not an smnas deployed-model manifest")
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise DeployError(f"{path}: manifest version {short_repr(manifest.get('version'))}, this smnas reads "
+    if raw.get("version") != MANIFEST_VERSION:
+        raise DeployError(f"{path}: manifest version {short_repr(raw.get('version'))}, this smnas reads "
                           f"{MANIFEST_VERSION}")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise DeployError(f"{path}: manifest lacks {', '.join(missing)}; deploy the model again")
-    problem = _schema_problem(manifest)
-    if problem:
-        raise DeployError(f"{path}: damaged manifest ({problem}); deploy the model again")
-    return manifest
-
-
-def _number_or_none(value: Any) -> bool:
-    if value is None:
-        return True
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
     try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        return False
+        return DeployedManifest.model_validate(raw)
+    except ValidationError as e:
+        raise DeployError(f"{path}: damaged manifest ({pydantic_error_line(e)}); deploy the model again") from None
 
 
-def _strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _schema_problem(m: dict[str, Any]) -> str | None:
-    """What is wrong with the fields the loader, the runtime and the index read, or None."""
-    from smnas_trt.errors import ArchError
-    from smnas_trt.space import parse
-
-    if not isinstance(m["arch"], str):
-        return "arch is not a string"
-    try:
-        arch_id = parse(m["arch"]).id
-    except ArchError as e:
-        return f"arch does not parse: {e}"
-    if m["arch_id"] != arch_id:
-        return f"arch_id {short_repr(m['arch_id'])} is not the id of its arch ({arch_id})"
-    if m["status"] not in ("ok", "failed", "pending"):  # pending: written by deploy before verification
-        return f"status {short_repr(m['status'])}"
-    if not (isinstance(m["backend"], str) and isinstance(m["precision"], str)):
-        return "backend or precision is not a string"
-    files = m["files"]
-    if not isinstance(files, dict) or not files:
-        return "files is not a list of files"
-    for name, entry in files.items():
-        # A plain name in the folder: a path here would make the hash check read files elsewhere.
-        if not name or Path(name).name != name or name in (".", ".."):
-            return f"file name {short_repr(name)}"
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
-                and isinstance(entry.get("bytes"), int) and not isinstance(entry["bytes"], bool)
-                and entry["bytes"] >= 0):
-            return f"files entry of {short_repr(name)} needs sha256 and bytes"
-    graphs = m["graphs"]
-    if not (isinstance(graphs, list) and graphs and all(
-            isinstance(g, dict) and isinstance(g.get("name"), str) and _strings(g.get("inputs"))
-            and _strings(g.get("outputs")) and all(g.get(k) is None or g[k] in files for k in ("onnx", "engine"))
-            for g in graphs)):
-        return "graphs needs name, inputs, outputs and files listed in files"
-    sizes = m.get("feature_sizes")
-    if not (isinstance(sizes, list) and all(isinstance(s, list) and len(s) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in s) for s in sizes)):
-        return "feature_sizes is not a list of [height, width]"
-    classes = m["classes"]
-    if not (isinstance(classes, dict) and isinstance(classes.get("label_to_cat"), list)
-            and len(classes["label_to_cat"]) >= 2
-            and all(isinstance(c, int) and not isinstance(c, bool) for c in classes["label_to_cat"])
-            and isinstance(classes.get("names"), dict)
-            and all(k.isdigit() and isinstance(v, str) for k, v in classes["names"].items())):
-        return "classes needs label_to_cat and names"
-    verification = m["verification"]
-    if not (isinstance(verification, dict) and _strings(verification.get("failures", []))
-            and all(_number_or_none(verification.get(k)) for k in ("match_share_iou_0.99", "max_score_diff"))):
-        return "verification"
-    latency = m["latency"]
-    if not isinstance(latency, dict):
-        return "latency is not an object"
-    for scope in ("network", "end2end", "search"):
-        entry = latency.get(scope)
-        if entry is not None and not (isinstance(entry, dict) and all(
-                _number_or_none(entry.get(k)) for k in ("median_ms", "predicted_ms"))):
-            return f"latency.{scope}"
-    if not (isinstance(m["fingerprint"], dict) and all(_number_or_none(m.get(k)) for k in ("ap", "ap50"))):
-        return "fingerprint, ap or ap50"
-    if not (m.get("device") is None or isinstance(m["device"], str)):
-        return "device"
-    return None
-
-
-def check_files(folder: str | Path, manifest: dict[str, Any]) -> None:
+def check_files(folder: str | Path, manifest: DeployedManifest) -> None:
     """Every file the manifest lists exists with its recorded size and SHA-256, else DeployError."""
     folder = Path(folder)
-    for name, entry in manifest["files"].items():
+    for name, entry in manifest.files.items():
         path = folder / name
         if not path.is_file():
             raise DeployError(f"{path}: file listed in the manifest is missing; deploy the model again")
         size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise DeployError(f"{path}: corrupted model file ({size} bytes, the manifest says {entry['bytes']}); "
+        if size != entry.bytes:
+            raise DeployError(f"{path}: corrupted model file ({size} bytes, the manifest says {entry.bytes}); "
                               "deploy the model again")
         digest = sha256_file(path)
-        if digest != entry["sha256"]:
+        if digest != entry.sha256:
             raise DeployError(f"{path}: corrupted model file (SHA-256 {digest[:12]}..., the manifest says "
-                              f"{entry['sha256'][:12]}...); deploy the model again")
+                              f"{entry.sha256[:12]}...); deploy the model again")
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -171,30 +252,23 @@ def index_rows(root: Path) -> list[dict[str, Any]]:
             m = read_manifest(folder)
         except DeployError:
             continue
-        lat = m["latency"]
-        net, e2e = lat.get("network") or {}, lat.get("end2end") or {}
+        lat, ver, accuracy = m.latency, m.verification, m.accuracy
         rows.append({
-            "arch_id": m["arch_id"], "arch": m["arch"], "status": m["status"], "backend": m["backend"],
-            "precision": m["precision"], "ap": m.get("ap"), "ap50": m.get("ap50"),
-            "ap_deployed": _accuracy(m, "deployed", "AP"), "ap50_deployed": _accuracy(m, "deployed", "AP50"),
-            "ap_pytorch": _accuracy(m, "pytorch", "AP"), "delta_ap": _accuracy(m, "delta_ap"),
-            "network_ms": net.get("median_ms"), "end2end_ms": e2e.get("median_ms"),
-            "predicted_ms": (lat.get("search") or {}).get("predicted_ms"),
-            "predicted_scope": (lat.get("search") or {}).get("scope"),
-            "match_share": m["verification"].get("match_share_iou_0.99"),
-            "max_score_diff": m["verification"].get("max_score_diff"),
-            "size_mb": sum(f["bytes"] for f in m["files"].values()) / 1e6,
+            "arch_id": m.arch_id, "arch": m.arch, "status": m.status, "backend": m.backend,
+            "precision": m.precision, "ap": m.ap, "ap50": m.ap50,
+            "ap_deployed": accuracy.deployed.ap if accuracy else None,
+            "ap50_deployed": accuracy.deployed.ap50 if accuracy else None,
+            "ap_pytorch": accuracy.pytorch.ap if accuracy else None,
+            "delta_ap": accuracy.delta_ap if accuracy else None,
+            "network_ms": lat.network.median_ms if lat.network else None,
+            "end2end_ms": lat.end2end.median_ms if lat.end2end else None,
+            "predicted_ms": lat.search.predicted_ms if lat.search else None,
+            "predicted_scope": lat.search.scope if lat.search else None,
+            "match_share": ver.match_share_iou_0_99, "max_score_diff": ver.max_score_diff,
+            "size_mb": m.size_bytes() / 1e6,
             "folder": folder.name,
         })
     return rows
-
-
-def _accuracy(m: dict[str, Any], *keys: str) -> float | None:
-    """A figure of the manifest's `accuracy` record (the deployed model's own AP), None where absent."""
-    value: Any = m.get("accuracy")
-    for key in keys:
-        value = value.get(key) if isinstance(value, dict) else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def write_index(root: Path) -> tuple[Path, Path]:

@@ -116,9 +116,9 @@ def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], out: str
                 on_image(path, len(dets))
         manifest = detector.manifest
     json_path = out / DETECTIONS_JSON
-    atomic_write_json(json_path, {"model": {"folder": str(Path(model_dir).resolve()), "arch": manifest["arch"],
-                                            "arch_id": manifest["arch_id"], "backend": manifest["backend"],
-                                            "precision": manifest["precision"]},
+    atomic_write_json(json_path, {"model": {"folder": str(Path(model_dir).resolve()), "arch": manifest.arch,
+                                            "arch_id": manifest.arch_id, "backend": manifest.backend,
+                                            "precision": manifest.precision},
                                   "min_score": min_score, "box_format": "pixels of the original image",
                                   "images": records})
     return PredictResult(out, json_path, drawn, counts, 1000 * seconds / len(files))

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from smnas_trt.deploy.decoder import Decoder
-from smnas_trt.deploy.manifest import check_files, read_manifest
+from smnas_trt.deploy.manifest import DeployedManifest, check_files, read_manifest
 from smnas_trt.errors import DeployError, SmnasError
 from smnas_trt.models.graphs import GraphSpec, detector_graphs
 from smnas_trt.profiling.backends import torch_threads
@@ -89,17 +89,17 @@ def resize_to_input(image: Image.Image | torch.Tensor, arch: Arch) -> tuple[torc
 class Detector:
     """A deployed model ready to run. Build it with `Detector.load(folder)`."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], model: Any, runners: list[Any],
+    def __init__(self, folder: Path, manifest: DeployedManifest, model: Any, runners: list[Any],
                  specs: list[GraphSpec] | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
-        self.arch = parse(manifest["arch"])
+        self.arch = parse(manifest.arch)
         self.model = model  # supplies transform and post-processing; its weights matter only for `torch`
         self.runners = runners
-        self.graph_names = [g["name"] for g in manifest["graphs"]]
-        self.decoder = Decoder(model, self.arch, [tuple(s) for s in manifest["feature_sizes"]])
-        self.label_to_cat: list[int] = list(manifest["classes"]["label_to_cat"])
-        self.class_names: dict[int, str] = {int(k): v for k, v in manifest["classes"]["names"].items()}
+        self.graph_names = [g.name for g in manifest.graphs]
+        self.decoder = Decoder(model, self.arch, [(h, w) for h, w in manifest.feature_sizes])
+        self.label_to_cat: list[int] = list(manifest.classes.label_to_cat)
+        self.class_names: dict[int, str] = {int(k): v for k, v in manifest.classes.names.items()}
         self._specs = specs
 
     # ------------------------------------------------------------------ loading
@@ -117,12 +117,12 @@ class Detector:
         manifest = read_manifest(folder)
         if check_hashes:
             check_files(folder, manifest)
-        if manifest["status"] != "ok" and not allow_failed:
-            failures = "; ".join(manifest["verification"].get("failures") or []) or manifest.get("error", "")
+        if manifest.status != "ok" and not allow_failed:
+            failures = "; ".join(manifest.verification.failures) or f"status {manifest.status}"
             raise DeployError(f"{folder}: this model failed verification against PyTorch ({failures}); "
                               "deploy it again or load with allow_failed=True")
-        arch = parse(manifest["arch"])
-        num_classes = len(manifest["classes"]["label_to_cat"])
+        arch = parse(manifest.arch)
+        num_classes = len(manifest.classes.label_to_cat)
         model = build_detector(arch, num_classes).eval()
         spec = deployed_spec(manifest, threads)
         specs: list[GraphSpec] | None = None
@@ -136,13 +136,13 @@ class Detector:
         return cls(folder, manifest, model, runners, specs)
 
     @classmethod
-    def float_onnx(cls, folder: str | Path, manifest: dict[str, Any], model: Any) -> Detector:
+    def float_onnx(cls, folder: str | Path, manifest: DeployedManifest, model: Any) -> Detector:
         """The folder's ONNX graphs on ONNX Runtime CPU as they are (fp32), whatever the manifest ships for:
         the float pipeline whose graph inputs calibrate an int8 deploy. `model` supplies pre/post-processing."""
         folder = Path(folder)
         spec = BackendSpec(threads=1)
-        float_manifest = {**manifest, "backend": spec.backend, "precision": spec.precision,
-                          "backend_spec": spec.model_dump()}
+        float_manifest = manifest.model_copy(update={"backend": spec.backend, "precision": spec.precision,
+                                                     "backend_spec": spec})
         return cls(folder, float_manifest, model, _file_runners(folder, float_manifest, spec), None)
 
     def close(self) -> None:
@@ -179,18 +179,18 @@ class Detector:
         order right whatever order a backend lists its I/O in (the torch runner has no names).
         """
         runner = self.runners[index]
-        graph = self.manifest["graphs"][index]
+        graph = self.manifest.graphs[index]
         outputs = runner.run(self._feeds(index, inputs))
         names = getattr(runner, "output_names", None)
-        if names is not None and list(names) != list(graph["outputs"]) and set(names) == set(graph["outputs"]):
+        if names is not None and list(names) != graph.outputs and set(names) == set(graph.outputs):
             position = {name: i for i, name in enumerate(names)}
-            outputs = [outputs[position[name]] for name in graph["outputs"]]
+            outputs = [outputs[position[name]] for name in graph.outputs]
         return outputs
 
     def _feeds(self, index: int, inputs: Sequence[np.ndarray | torch.Tensor]) -> Any:
         """Inputs of graph `index` as the runner takes them: by name where it has the graph's names."""
         runner = self.runners[index]
-        names = self.manifest["graphs"][index]["inputs"]
+        names = self.manifest.graphs[index].inputs
         by_name = {spec.name: spec for spec in runner.inputs}
         if set(by_name) == set(names):
             return {name: _as_numpy(x, by_name[name].dtype) for name, x in zip(names, inputs, strict=True)}
@@ -199,7 +199,7 @@ class Detector:
     def detect_prepared(self, x: torch.Tensor, record: Callable[[GraphRun], None] | None = None
                         ) -> dict[str, torch.Tensor]:
         """Detections (boxes in input pixels, scores, labels 1..K) from a prepared body input."""
-        if self.manifest["backend"] == "torch":
+        if self.manifest.backend == "torch":
             return self._detect(x, record)
         # Post-processing is small: on one torch thread, so it does not fight the engine's spinning
         # worker threads for the cores (on 2 cores that costs 5x in end2end latency).
@@ -265,27 +265,31 @@ def _as_numpy(x: np.ndarray | torch.Tensor, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(array.astype(dtype, copy=False))
 
 
-def deployed_spec(manifest: dict[str, Any], threads: int | None = None) -> BackendSpec:
+def deployed_spec(manifest: DeployedManifest, threads: int | None = None) -> BackendSpec:
     """The BackendSpec a model was deployed (and timed) with; `threads` overrides its CPU threads."""
-    values = dict(manifest.get("backend_spec") or {"backend": manifest["backend"], "precision": manifest["precision"]})
-    if threads is not None:
-        values["threads"] = threads
-    return BackendSpec.model_validate(values)
+    spec = manifest.backend_spec or BackendSpec(backend=manifest.backend, precision=manifest.precision)
+    return spec if threads is None else BackendSpec.model_validate({**spec.model_dump(), "threads": threads})
 
 
-def _file_runners(folder: Path, manifest: dict[str, Any], spec: BackendSpec) -> list[Any]:
+def _file_runners(folder: Path, manifest: DeployedManifest, spec: BackendSpec) -> list[Any]:
     runners = []
     try:
         if spec.backend == "tensorrt":
-            return [_trt_runner(folder / g["engine"], spec) for g in manifest["graphs"]]
+            return [_trt_runner(folder / _graph_file(g.engine, g.name, "engine"), spec) for g in manifest.graphs]
         backend = spec.build()
-        for g in manifest["graphs"]:
-            runners.append(backend.load(folder / g["onnx"]))
+        for g in manifest.graphs:
+            runners.append(backend.load(folder / _graph_file(g.onnx, g.name, "ONNX file")))
     except SmnasError as e:
         for r in runners:
             r.close()
         raise DeployError(f"{folder}: cannot load on {spec.backend}: {e}") from e
     return runners
+
+
+def _graph_file(name: str | None, graph: str, what: str) -> str:
+    if name is None:
+        raise DeployError(f"graph {graph} has no {what} in the manifest; deploy the model again")
+    return name
 
 
 def _trt_runner(engine_file: Path, spec: BackendSpec) -> Any:

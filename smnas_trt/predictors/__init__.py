@@ -8,6 +8,7 @@ from smnas_trt.predictors.predictor import (
     FitConfig,
     FitResult,
     LatencyPredictor,
+    PredictorMeta,
     TrainingData,
     load_training_data,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "FitResult",
     "FlopsLinear",
     "LatencyPredictor",
+    "PredictorMeta",
     "TrainingData",
     "accuracy",
     "coverage",

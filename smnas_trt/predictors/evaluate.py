@@ -47,7 +47,7 @@ def evaluate_on_table(predictor: LatencyPredictor, lut: str | Path, out: str | P
     `exclude` (e.g. the training set) are skipped. Writes predictions.csv, report.json and
     scatter.png into `out` when given; returns the report.
     """
-    scope = scope or predictor.meta["scope"]
+    scope = scope or predictor.meta.scope
     data = load_training_data(lut, scope, allow_foreign=True)
     predictor.check_fingerprint(data.fingerprint, what=f"latency table {lut}", allow_foreign=allow_foreign)
     keep = [i for i, a in enumerate(data.archs) if a not in (exclude or set())]
@@ -70,8 +70,8 @@ def evaluate_on_table(predictor: LatencyPredictor, lut: str | Path, out: str | P
     flops_linear = predictor.flops_baseline.predict(X[:, names.index("total_flops")])
     preds = predictions_table(data.archs, data.ms, predicted, lower, upper, lut_sum, flops_linear)
     title = f"held-out: {len(data.archs)} models of {Path(lut).name} ({scope})"
-    trained = predictor.meta.get("table_repeat") or {}
-    extra = {"device": _device(data), "predictor_trained_on": predictor.meta.get("n_train"),
+    trained = predictor.meta.table_repeat
+    extra = {"device": _device(data), "predictor_trained_on": predictor.meta.n_train,
              "predictor_raw": {**accuracy(data.ms, raw), "coverage": coverage(data.ms, raw_lower, raw_upper)},
              "errors": {"repeat_eval_table": repeat, "repeat_train_table": trained,
                         "drift": drift.to_dict() if drift is not None else None,

@@ -28,10 +28,10 @@ Columns (schema `SCHEMA_VERSION`; names in `Featurizer.names`):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from smnas_trt.errors import ArchError, PredictorError
 from smnas_trt.models import piece_keys
@@ -50,26 +50,21 @@ PIECE_CACHE_LIMIT = 500_000  # cached piece rows (~1 KB each) before the caches 
 NOT_IN_TABLE = ""  # stands for a piece key the table certainly lacks (no table key is empty)
 
 
-@dataclass(frozen=True)
-class FeatureConfig:
+class FeatureConfig(BaseModel):
     """What the features assume beyond the arch; stored with every model (part of the schema)."""
 
-    num_classes: int = DEFAULT_NUM_CLASSES  # classes (with background) of the timed detectors' predictors
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_classes: int = Field(DEFAULT_NUM_CLASSES, ge=2)  # classes (with background) of the timed detectors
     use_lut: bool = True  # latency-table sum columns
     schema_version: int = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "use_lut": self.use_lut, "schema_version": self.schema_version}
-
+    @field_validator("schema_version")
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FeatureConfig:
-        try:
-            config = cls(int(d["num_classes"]), bool(d["use_lut"]), int(d["schema_version"]))
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise PredictorError(f"feature config: missing or bad field ({e}); refit the predictor") from None
-        if config.num_classes < 2:
-            raise PredictorError(f"feature config: num_classes {config.num_classes} must be at least 2")
-        return config
+    def _this_schema(cls, version: int) -> int:
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"feature schema {version} is not this smnas's ({SCHEMA_VERSION})")
+        return version
 
 
 STEM_NAMES = ("width", "height", "pixels", *(f"family_{f}" for f in FAMILIES), "depth", "base", "width_mult",
@@ -114,6 +109,17 @@ class _PieceTable:
         return self.array
 
 
+def feature_names(config: FeatureConfig) -> list[str]:
+    """The columns of the feature matrix (`Featurizer.names`) under `config`."""
+    names = [*STEM_NAMES, *NECK_NAMES, *HEAD_NAMES]
+    for s in range(1, 5):
+        names += [f"stage{s}_{n}" for n in STAGE_NAMES]
+    names += [f"total_{n}" for n in TOTAL_NAMES]
+    if config.use_lut:
+        names += [f"lut_{k}_ms" for k in LUT_KINDS] + ["lut_total_ms", "lut_missing"]
+    return names
+
+
 class Featurizer:
     """Arch batches -> float64 feature matrices (NaN where the table lacks a piece).
 
@@ -124,16 +130,13 @@ class Featurizer:
 
     def __init__(self, config: FeatureConfig | None = None, module_ms: Mapping[str, float] | None = None) -> None:
         self.config = config or FeatureConfig()
-        if self.config.schema_version != SCHEMA_VERSION:
-            raise PredictorError(f"feature schema {self.config.schema_version} is not this smnas's "
-                                 f"({SCHEMA_VERSION}); refit the predictor")
         self.module_ms: dict[str, float] = dict(module_ms or {})
         # Spelling a stage key costs more than the rest of a stage row: skip it when the table has none.
         self._table_has_stages = any(key.startswith("stage:") for key in self.module_ms)
         self._n_lut = len(LUT_KINDS) + 2 if self.config.use_lut else 0  # per kind, missing, entries
         self._parsed: dict[str, Arch] = {}
         self._reset_caches()
-        self.names = self._names()
+        self.names = feature_names(self.config)
         self.lut_missing = 0  # pieces missing from the table, summed over featurised archs
         self.lut_archs_missing = 0  # archs with at least one missing piece
 
@@ -141,15 +144,6 @@ class Featurizer:
         self._tables = {name: _PieceTable() for name in ("stem", "neck", "head", "stage")}
         self._necks: dict[Any, tuple[int, int]] = {}  # neck key -> (row id, channels the heads see)
         self._interned: dict[Any, int] = {}  # input size, (size, backbone width genes), neck genes -> small int
-
-    def _names(self) -> list[str]:
-        names = [*STEM_NAMES, *NECK_NAMES, *HEAD_NAMES]
-        for s in range(1, 5):
-            names += [f"stage{s}_{n}" for n in STAGE_NAMES]
-        names += [f"total_{n}" for n in TOTAL_NAMES]
-        if self.config.use_lut:
-            names += [f"lut_{k}_ms" for k in LUT_KINDS] + ["lut_total_ms", "lut_missing"]
-        return names
 
     @property
     def num_features(self) -> int:
@@ -354,4 +348,4 @@ class Featurizer:
         return out
 
 
-__all__ = ["FAMILIES", "HEADS", "LUT_KINDS", "SCHEMA_VERSION", "FeatureConfig", "Featurizer"]
+__all__ = ["FAMILIES", "HEADS", "LUT_KINDS", "SCHEMA_VERSION", "FeatureConfig", "Featurizer", "feature_names"]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy.stats import kendalltau
@@ -63,7 +61,3 @@ class FlopsLinear:
 
     def to_dict(self) -> dict[str, float]:
         return {"slope_ms_per_flop": self.slope, "intercept_ms": self.intercept}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FlopsLinear:
-        return cls(float(d["slope_ms_per_flop"]), float(d["intercept_ms"]))

@@ -17,8 +17,8 @@ Model, for features x of an arch (see `features.py`) and measured latency t:
 Persistence: a folder with XGBoost's own UBJSON model files, the table's module entries it used
 (JSON) and `predictor.json` (format and feature-schema version, feature names, device fingerprint,
 backend, precision, scope, training-set size, CV metrics, conformal quantile, prior and baseline
-coefficients, SHA-256 of every file). Written atomically; never pickled. Loading checks the
-schema and, when given one, the device fingerprint.
+coefficients, SHA-256 of every file; its schema is `PredictorMeta`). Written atomically; never pickled.
+Loading checks every field and, when given one, the device fingerprint.
 """
 
 from __future__ import annotations
@@ -33,18 +33,30 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from smnas_trt.errors import ForeignDeviceError, PredictorError, SmnasError, first_line, short_repr
+from smnas_trt.errors import ForeignDeviceError, PredictorError, first_line, short_repr
 from smnas_trt.fileio import atomic_dir, atomic_write_bytes, atomic_write_json
-from smnas_trt.predictors.features import SCHEMA_VERSION, FeatureConfig, Featurizer
+from smnas_trt.predictors.features import SCHEMA_VERSION, FeatureConfig, Featurizer, feature_names
 from smnas_trt.predictors.metrics import FlopsLinear, accuracy, coverage
 from smnas_trt.profiling.drift import Drift, drift_against
-from smnas_trt.profiling.fingerprint import Fingerprint
+from smnas_trt.profiling.fingerprint import Fingerprint, FingerprintRecord
 from smnas_trt.space.arch import Arch
+from smnas_trt.space.config import pydantic_error_line
 
 FORMAT = "smnas-latency-predictor"
 FORMAT_VERSION = 2  # 2: additive prior
@@ -101,6 +113,115 @@ class FitConfig(BaseModel):
     def scale_params(self) -> dict[str, Any]:
         return {"objective": "reg:squarederror", "max_depth": self.scale_depth, "eta": 0.1, "min_child_weight": 3.0,
                 "subsample": 0.8, "tree_method": "hist", "nthread": self.threads, "seed": self.seed + 1}
+
+
+class _Meta(BaseModel):
+    """Strict types (no true for a number, no text for a count) and finite numbers in every field smnas reads.
+
+    Other keys are kept as written (extra="allow"): the CV metrics hold more figures than are read back, and a
+    key a newer smnas adds survives a re-save. Frozen: a predictor's metadata changes only by a new fit."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, ser_json_inf_nan="constants",
+                              frozen=True)
+
+
+class Prior(_Meta):
+    """The additive prior: a fixed cost, then one non-negative cost per unit of each feature."""
+
+    kind: str = "additive"
+    features: list[str]
+    coefficients: list[NonNegativeFloat]
+
+    @model_validator(mode="after")
+    def _one_per_feature(self) -> Prior:
+        if len(self.coefficients) != len(self.features) + 1:
+            raise ValueError(f"{len(self.coefficients)} coefficients for {len(self.features)} features; it needs "
+                             "one non-negative coefficient more than features (the fixed cost)")
+        return self
+
+
+class CvAccuracy(_Meta):
+    """`metrics.accuracy` of out-of-fold predictions: n, missing, within_5, within_10, mape, rmse_ms, kendall_tau."""
+
+    within_10: float | None = None
+
+
+class CvMetrics(_Meta):
+    """Out-of-fold accuracy of the predictor (and of the LUT-sum and FLOPs baselines, kept as written)."""
+
+    predictor: CvAccuracy
+
+
+class LinearBaseline(_Meta):
+    slope_ms_per_flop: float
+    intercept_ms: float
+
+
+class Baselines(_Meta):
+    flops_linear: LinearBaseline
+
+
+class PredictorMeta(_Meta):
+    """`predictor.json`: what a fitted predictor was trained on and with, and the checksums of its files."""
+
+    format: Literal["smnas-latency-predictor"]
+    format_version: int
+    feature_schema: int
+    feature_config: FeatureConfig
+    feature_names: list[str]
+    fingerprint: FingerprintRecord | None
+    fingerprint_key: str | None
+    backend: str | None
+    precision: str | None
+    batch: int | None
+    scope: Literal["network", "end2end"]
+    source: str
+    n_train: PositiveInt
+    latency_range_ms: list[float]
+    lut_modules: NonNegativeInt
+    anchors_ms: dict[str, float]  # the table's anchor reference (drift)
+    table_repeat: dict[str, float | None]  # the table's own repeat difference: median, p90
+    lut_missing_pieces: NonNegativeInt
+    lut_archs_missing: NonNegativeInt
+    fit_config: FitConfig
+    cv_metrics: CvMetrics
+    conformal_quantile: NonNegativeFloat
+    prior: Prior
+    baselines: Baselines
+    xgboost: str
+    created_at: str
+    files: dict[str, str] | None = None  # SHA-256 of each model file; written by `save`
+
+    @field_validator("feature_names")
+    @classmethod
+    def _of_the_schema(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        config = info.data.get("feature_config")
+        if config is not None and names != feature_names(config):
+            raise ValueError(f"not the feature names of schema {SCHEMA_VERSION}")
+        return names
+
+    @field_validator("fit_config", mode="before")
+    @classmethod
+    def _known_settings(cls, values: Any) -> Any:
+        # A setting an older smnas wrote and this one dropped is no reason to refit.
+        return {k: v for k, v in values.items() if k in FitConfig.model_fields} if isinstance(values, dict) else values
+
+    @field_validator("prior")
+    @classmethod
+    def _features_of_the_schema(cls, prior: Prior, info: ValidationInfo) -> Prior:
+        config = info.data.get("feature_config")
+        unknown = [f for f in prior.features if config is not None and f not in feature_names(config)]
+        if unknown:
+            raise ValueError(f"features {short_repr(unknown)} are not in feature schema {SCHEMA_VERSION}")
+        return prior
+
+    @field_validator("files")
+    @classmethod
+    def _model_files(cls, files: dict[str, str] | None) -> dict[str, str] | None:
+        if files is not None and set(files) != {MEAN_FILE, SCALE_FILE, MODULES_FILE}:
+            raise ValueError(f"must list {MEAN_FILE}, {SCALE_FILE} and {MODULES_FILE} (with their SHA-256), "
+                             f"not {short_repr(sorted(files))}")
+        return files
 
 
 @dataclass
@@ -236,7 +357,7 @@ class LatencyPredictor:
     `predict_interval` gives the bounds themselves.
     """
 
-    def __init__(self, core: _Core, quantile: float, featurizer: Featurizer, meta: dict[str, Any]) -> None:
+    def __init__(self, core: _Core, quantile: float, featurizer: Featurizer, meta: PredictorMeta) -> None:
         self._core = core
         self.quantile = quantile
         self.featurizer = featurizer
@@ -245,28 +366,28 @@ class LatencyPredictor:
     # ------------------------------------------------------------------------------------ properties
     @property
     def fingerprint(self) -> Fingerprint | None:
-        fp = self.meta.get("fingerprint")
+        fp = self.meta.fingerprint
         return Fingerprint.from_dict(fp) if fp else None
 
     @property
     def config(self) -> FitConfig:
-        return FitConfig.model_validate(self.meta["fit_config"])
+        return self.meta.fit_config
 
     @property
     def interval(self) -> float:
-        return float(self.meta["fit_config"]["interval"])
+        return self.meta.fit_config.interval
 
     @property
     def flops_baseline(self) -> FlopsLinear:
-        return FlopsLinear.from_dict(self.meta["baselines"]["flops_linear"])
+        line = self.meta.baselines.flops_linear
+        return FlopsLinear(line.slope_ms_per_flop, line.intercept_ms)
 
     def describe(self) -> str:
         fp = self.fingerprint
         device = fp.describe() if fp else "unknown device"
-        cv = self.meta.get("cv_metrics", {}).get("predictor", {})
-        within = cv.get("within_10")
+        within = self.meta.cv_metrics.predictor.within_10
         cv_text = f", CV within ±10% {100 * within:.1f}%" if within is not None else ""
-        return (f"latency predictor ({self.meta['scope']} scope) trained on {self.meta['n_train']} models measured "
+        return (f"latency predictor ({self.meta.scope} scope) trained on {self.meta.n_train} models measured "
                 f"on {device}{cv_text}")
 
     # ------------------------------------------------------------------------------------ fitting
@@ -283,7 +404,7 @@ class LatencyPredictor:
         if n < max(MIN_TRAIN, config.folds):
             raise PredictorError(f"training data {data.source or ''}: {n} models; need at least "
                                  f"{max(MIN_TRAIN, config.folds)} to fit and cross-validate")
-        featurizer = Featurizer(FeatureConfig(config.num_classes, config.use_lut), data.module_ms)
+        featurizer = Featurizer(FeatureConfig(num_classes=config.num_classes, use_lut=config.use_lut), data.module_ms)
         X = featurizer.transform(data.archs)
         y = np.log(data.ms)
         prior_columns = [featurizer.column(c) for c in PRIOR_FEATURES]
@@ -336,34 +457,21 @@ class LatencyPredictor:
         metrics = {"predictor": accuracy(data.ms, predicted), "lut_sum": accuracy(data.ms, lut_sum),
                    "flops_linear": accuracy(data.ms, flops_oof), "coverage": coverage(data.ms, lower, upper),
                    "interval": config.interval}
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "feature_schema": SCHEMA_VERSION,
-            "feature_config": featurizer.config.to_dict(),
-            "feature_names": featurizer.names,
-            "fingerprint": data.fingerprint.to_dict() if data.fingerprint else None,
-            "fingerprint_key": data.fingerprint.key if data.fingerprint else None,
-            "backend": data.fingerprint.backend if data.fingerprint else None,
-            "precision": data.fingerprint.precision if data.fingerprint else None,
-            "batch": data.fingerprint.batch if data.fingerprint else None,
-            "scope": data.scope,
-            "source": data.source,
-            "n_train": n,
-            "latency_range_ms": [float(data.ms.min()), float(data.ms.max())],
-            "lut_modules": len(data.module_ms),
-            "anchors_ms": dict(data.anchors_ms),
-            "table_repeat": {"median": data.repeat_median, "p90": data.repeat_p90},
-            "lut_missing_pieces": featurizer.lut_missing,
-            "lut_archs_missing": featurizer.lut_archs_missing,
-            "fit_config": config.model_dump(),
-            "cv_metrics": metrics,
-            "conformal_quantile": quantile,
+        fp = data.fingerprint
+        meta = PredictorMeta.model_validate({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "feature_schema": SCHEMA_VERSION,
+            "feature_config": featurizer.config, "feature_names": featurizer.names,
+            "fingerprint": fp.to_dict() if fp else None, "fingerprint_key": fp.key if fp else None,
+            "backend": fp.backend if fp else None, "precision": fp.precision if fp else None,
+            "batch": fp.batch if fp else None, "scope": data.scope, "source": data.source, "n_train": n,
+            "latency_range_ms": [float(data.ms.min()), float(data.ms.max())], "lut_modules": len(data.module_ms),
+            "anchors_ms": dict(data.anchors_ms), "table_repeat": {"median": data.repeat_median, "p90": data.repeat_p90},
+            "lut_missing_pieces": featurizer.lut_missing, "lut_archs_missing": featurizer.lut_archs_missing,
+            "fit_config": config, "cv_metrics": metrics, "conformal_quantile": quantile,
             "prior": {"kind": "additive", "features": list(PRIOR_FEATURES), "coefficients": core.prior.tolist()},
             "baselines": {"flops_linear": FlopsLinear.fit(flops, data.ms).to_dict()},
-            "xgboost": _xgb_version(),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+            "xgboost": _xgb_version(), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        })
         result = FitResult(list(data.archs), data.ms, predicted, lower, upper, lut_sum, flops_oof, fold, metrics,
                            config, time.perf_counter() - start)
         return cls(core, quantile, featurizer, meta), result
@@ -411,7 +519,7 @@ class LatencyPredictor:
     def drift_to(self, anchors_ms: Mapping[str, float]) -> Drift | None:
         """The drift of another run's anchor timings (arch -> ms) against this predictor's table; None
         when either has no anchors in common."""
-        return drift_against(self.meta.get("anchors_ms") or {}, anchors_ms)
+        return drift_against(self.meta.anchors_ms, anchors_ms)
 
     def add_module_latencies(self, module_ms: Mapping[str, float], fingerprint: Fingerprint | None) -> int:
         """Use more module entries (same device) for the LUT features; returns how many were new."""
@@ -437,13 +545,14 @@ class LatencyPredictor:
             raise PredictorError("predictor has no scale model; fit it with LatencyPredictor.fit")
         files = {MEAN_FILE: bytes(self._core.mean.save_raw("ubj")), SCALE_FILE: bytes(self._core.scale.save_raw("ubj")),
                  MODULES_FILE: (json.dumps(self.featurizer.module_ms, sort_keys=True) + "\n").encode()}
-        meta = {**self.meta, "conformal_quantile": self.quantile,
-                "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+        meta = self.meta.model_copy(update={
+            "conformal_quantile": self.quantile,
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}})
         keep = [p for p in path.iterdir() if p.name not in (*files, META_FILE)] if path.is_dir() else []
         with atomic_dir(path) as tmp:
             for name, data in files.items():
                 atomic_write_bytes(tmp / name, data)
-            atomic_write_json(tmp / META_FILE, meta)
+            atomic_write_json(tmp / META_FILE, meta.model_dump(mode="json"))
             for extra in keep:  # reports written next to the model survive a re-save
                 if extra.is_dir():
                     shutil.copytree(extra, tmp / extra.name)
@@ -469,23 +578,24 @@ class LatencyPredictor:
         if not meta_path.is_file():
             raise PredictorError(f"{path}: not a predictor folder (no {META_FILE})")
         try:
-            meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+            raw = json.loads(meta_path.read_bytes().decode("utf-8"))
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise PredictorError(f"{meta_path}: not valid JSON ({first_line(e, 120)})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
             raise PredictorError(f"{meta_path}: not an smnas latency predictor (format {short_repr(found)})")
-        if meta.get("format_version") != FORMAT_VERSION or meta.get("feature_schema") != SCHEMA_VERSION:
-            raise PredictorError(f"{path}: predictor format {short_repr(meta.get('format_version'))} / feature schema "
-                                 f"{short_repr(meta.get('feature_schema'))}, this smnas reads {FORMAT_VERSION} / "
+        if raw.get("format_version") != FORMAT_VERSION or raw.get("feature_schema") != SCHEMA_VERSION:
+            raise PredictorError(f"{path}: predictor format {short_repr(raw.get('format_version'))} / feature schema "
+                                 f"{short_repr(raw.get('feature_schema'))}, this smnas reads {FORMAT_VERSION} / "
                                  f"{SCHEMA_VERSION}; refit it (smnas predictor fit)")
-        listed = meta.get("files")
-        if not (isinstance(listed, dict) and set(listed) == {MEAN_FILE, SCALE_FILE, MODULES_FILE}
-                and all(isinstance(v, str) for v in listed.values())):
-            raise PredictorError(f"{meta_path}: 'files' must list {MEAN_FILE}, {SCALE_FILE}, {MODULES_FILE} with "
-                                 "their SHA-256")
+        try:
+            meta = PredictorMeta.model_validate(raw)
+        except ValidationError as e:
+            raise PredictorError(f"{meta_path}: {pydantic_error_line(e)}; refit the predictor") from None
+        if meta.files is None:
+            raise PredictorError(f"{meta_path}: files: Field required; refit the predictor")
         files = {}
-        for name, digest in listed.items():
+        for name, digest in meta.files.items():
             file = path / name
             if not file.is_file():
                 raise PredictorError(f"{path}: {name} is missing")
@@ -493,40 +603,7 @@ class LatencyPredictor:
             if hashlib.sha256(data).hexdigest() != digest:
                 raise PredictorError(f"{file}: contents do not match the checksum in {META_FILE}")
             files[name] = data
-        featurizer = Featurizer(FeatureConfig.from_dict(_field(meta, "feature_config", dict, meta_path)),
-                                _module_latencies(files[MODULES_FILE], path / MODULES_FILE))
-        if featurizer.names != meta.get("feature_names"):
-            raise PredictorError(f"{path}: its feature names differ from feature schema {SCHEMA_VERSION}; refit it")
-        config = _fit_config(_field(meta, "fit_config", dict, meta_path), meta_path)
-        prior = _field(meta, "prior", dict, meta_path)
-        names, coefficients = prior.get("features"), prior.get("coefficients")
-        if not (isinstance(names, list) and all(isinstance(n, str) and n in featurizer.names for n in names)
-                and isinstance(coefficients, list) and len(coefficients) == len(names) + 1
-                and all(_finite(c) and c >= 0 for c in coefficients)):
-            raise PredictorError(f"{meta_path}: prior needs feature names of the schema and one non-negative "
-                                 "coefficient more than features; refit the predictor")
-        quantile = meta.get("conformal_quantile")
-        if not (_finite(quantile) and quantile >= 0):
-            raise PredictorError(f"{meta_path}: conformal_quantile {short_repr(quantile)} is not a number >= 0")
-        if meta.get("scope") not in ("network", "end2end"):
-            raise PredictorError(f"{meta_path}: scope {short_repr(meta.get('scope'))} is not network or end2end")
-        n_train = meta.get("n_train")
-        if not (isinstance(n_train, int) and not isinstance(n_train, bool) and n_train >= 1):
-            raise PredictorError(f"{meta_path}: n_train {short_repr(n_train)} is not a count")
-        within = (meta.get("cv_metrics") or {}).get("predictor", {}) if isinstance(meta.get("cv_metrics"), dict) \
-            else None
-        if not (isinstance(within, dict) and (within.get("within_10") is None or _finite(within["within_10"]))):
-            raise PredictorError(f"{meta_path}: cv_metrics.predictor is missing or damaged; refit the predictor")
-        baseline = (_field(meta, "baselines", dict, meta_path)).get("flops_linear")
-        if not (isinstance(baseline, dict) and _finite(baseline.get("slope_ms_per_flop"))
-                and _finite(baseline.get("intercept_ms"))):
-            raise PredictorError(f"{meta_path}: baselines.flops_linear needs a finite slope and intercept")
-        fp = meta.get("fingerprint")
-        if fp is not None:
-            try:
-                Fingerprint.from_dict(fp)
-            except SmnasError as e:
-                raise PredictorError(f"{meta_path}: {e}") from None
+        featurizer = Featurizer(meta.feature_config, _module_latencies(files[MODULES_FILE], path / MODULES_FILE))
         mean, scale = xgb.Booster(), xgb.Booster()
         for booster, name in ((mean, MEAN_FILE), (scale, SCALE_FILE)):
             # XGBoost's loader can crash the process on a damaged model: check the file in Python first.
@@ -539,35 +616,16 @@ class LatencyPredictor:
             if booster.num_features() != len(featurizer.names):
                 raise PredictorError(f"{path / name}: a model of {booster.num_features()} features, the schema has "
                                      f"{len(featurizer.names)}; refit the predictor")
-            booster.set_param({"nthread": config.threads})
-        prior_columns = [featurizer.column(c) for c in names]
-        core = _Core(np.asarray(coefficients, dtype=np.float64), mean, scale, prior_columns)
-        predictor = cls(core, float(quantile), featurizer, meta)
+            booster.set_param({"nthread": meta.fit_config.threads})
+        prior_columns = [featurizer.column(c) for c in meta.prior.features]
+        core = _Core(np.asarray(meta.prior.coefficients, dtype=np.float64), mean, scale, prior_columns)
+        predictor = cls(core, meta.conformal_quantile, featurizer, meta)
         predictor.check_fingerprint(fingerprint, what="this setup", allow_foreign=allow_foreign)
         return predictor
 
 
 def _finite(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _field(meta: dict[str, Any], name: str, kind: type, where: Path) -> Any:
-    value = meta.get(name)
-    if not isinstance(value, kind):
-        raise PredictorError(f"{where}: {name} is missing or not a{'n object' if kind is dict else ' ' + kind.__name__}"
-                             "; refit the predictor")
-    return value
-
-
-def _fit_config(values: dict[str, Any], where: Path) -> FitConfig:
-    from pydantic import ValidationError
-
-    from smnas_trt.space.config import pydantic_error_line
-
-    try:
-        return FitConfig.model_validate({k: v for k, v in values.items() if k in FitConfig.model_fields})
-    except ValidationError as e:
-        raise PredictorError(f"{where}: fit_config: {pydantic_error_line(e).removeprefix('config: ')}") from None
 
 
 def _module_latencies(data: bytes, where: Path) -> dict[str, float]:

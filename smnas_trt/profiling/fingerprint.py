@@ -17,7 +17,9 @@ import re
 import subprocess
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator
 
 from smnas_trt.errors import ProfilingError
 
@@ -193,3 +195,16 @@ def cuda_fingerprint(
         precision=check_precision(precision),
         batch=batch,
     )
+
+
+def _valid_record(d: dict[str, Any]) -> dict[str, Any]:
+    try:
+        Fingerprint.from_dict(d)
+    except ProfilingError as e:
+        raise ValueError(str(e).removeprefix("fingerprint: ")) from None
+    return d
+
+
+# A fingerprint as persisted records hold it (`Fingerprint.to_dict()`, kept as written): a field type of the
+# pydantic models of latency predictors and deployed models, checked by `Fingerprint.from_dict`.
+FingerprintRecord = Annotated[dict[str, Any], AfterValidator(_valid_record)]
