@@ -8,13 +8,12 @@ PyTorch, timed at batch 1 with `--threads` intra-op threads, and scored (COCO AP
 the val split). Writes OUT/compare.md and OUT/compare.json, and prints the goal check of issue #16:
 int8 at least 1.5x faster than fp32 at no more than 2 AP points lost.
 
-Beside the deploy's own figure (what `smnas deploy --compare` prints: fp32 timed, then int8 minutes later)
-it prints the same speed-up timed alternately, labelled: the two deployed networks of a model in one
-process, --rounds rounds of a 0.25 s block each, fp32 then int8, the ratio per round. This machine switches
-between two speeds every 0.5-9 s (bench/machine_states.py); blocks side by side share a state, so the
-alternating ratio is the steadier one, and its p10-p90 over rounds says how steady. Last, where the time
-goes: ONNX Runtime's own profiler, kernel time per op type, fp32 against int8, for each model (the ops
-int8 speeds up, and those it adds: QuantizeLinear, DequantizeLinear, layout Transposes).
+The speed-up is the one `smnas deploy --compare` prints: the two deployed networks of a model timed side by
+side in one process, --rounds rounds of a 0.05 s block each, the ratio per round (median, p10-p90); beside
+it, labelled, the ratio of the two deploys' own timings, minutes apart, which this machine's switching
+between two speeds (bench/machine_states.py) skews by tens of %. Last, where the time goes: ONNX
+Runtime's own profiler, kernel time per op type, fp32 against int8, for each model (the ops int8 speeds
+up, and those it adds: QuantizeLinear, DequantizeLinear, layout Transposes).
 
 On this project's machine (AMD EPYC Zen 3, AVX2, no AVX-512 and no VNNI) ONNX Runtime's U8S8 kernels
 run on VPMADDUBSW, without the VNNI dot-product instructions that give INT8 its largest CPU speed-up;
@@ -35,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from smnas_trt.deploy import DeployOptions, read_manifest, target_from_checkpoint, targets_from_run
-from smnas_trt.deploy.compare import COMPARE_MD, compare_precisions, parse_precisions
+from smnas_trt.deploy.compare import COMPARE_MD, SIDE_BY_SIDE_ROUNDS, compare_precisions, parse_precisions
 from smnas_trt.errors import SmnasError
-from smnas_trt.profiling.spec import BackendSpec
 from smnas_trt.profiling.timing import TimingConfig
 
 GOAL_SPEEDUP = 1.5
@@ -56,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify-images", type=int, default=8)
     parser.add_argument("--score-images", type=int, default=None, help="first N val images scored (default all)")
     parser.add_argument("--quick", action="store_true", help="short timing (smoke runs only)")
-    parser.add_argument("--rounds", type=int, default=40, help="alternating fp32/int8 timing rounds per model")
+    parser.add_argument("--rounds", type=int, default=SIDE_BY_SIDE_ROUNDS,
+                        help="side-by-side fp32/int8 timing rounds per model")
     args = parser.parse_args(argv)
     if bool(args.run) == bool(args.checkpoint):
         parser.error("give --run RUN or --checkpoint CKPT --data DIR")
@@ -68,20 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                                 timing=TimingConfig.quick() if args.quick else TimingConfig(),
                                 calibration_images=args.calibration_images, score_images=args.score_images,
                                 overwrite=True)
-        report = compare_precisions(targets, options, specs)
+        report = compare_precisions(targets, options, specs, rounds=args.rounds)
     except SmnasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print((Path(args.out) / COMPARE_MD).read_text())
-    print(f"alternating (fp32 and int8 networks side by side in one process, {args.rounds} rounds of 0.25 s each):")
-    for row in report["rows"]:
-        if row["precision"] != "int8" or row["status"] != "ok":
-            continue
-        fp32_ms, int8_ms, ratios = alternate(Path(args.out), row["arch_id"], args.threads, args.rounds)
-        p10, median, p90 = np.percentile(ratios, [10, 50, 90])
-        print(f"  {row['arch_id']}: fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms, speed-up {median:.2f}x "
-              f"(p10 {p10:.2f}x, p90 {p90:.2f}x over rounds)")
-        row["alternating_speedup"] = float(median)
     for row in report["rows"]:
         if row["precision"] == "int8" and row["status"] == "ok":
             print(f"where the time goes, {row['arch_id']} (ONNX Runtime's profiler, kernel ms per run by op type):")
@@ -95,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if row["precision"] != "int8":
             continue
         delta = row["delta_ap"]
-        for label, speedup in (("deploy --compare", row["speedup"]), ("alternating", row.get("alternating_speedup"))):
+        for label, speedup in (("side by side", row["speedup_side_by_side"]), ("deploy timings", row["speedup"])):
             met = speedup is not None and delta is not None and speedup >= GOAL_SPEEDUP and delta >= -GOAL_AP_LOSS
             print(f"{row['arch_id']}: int8 {_x(speedup)} faster (network, {label}), ΔAP {_ap(delta)} -> goal "
                   f"(>= {GOAL_SPEEDUP}x, >= -{GOAL_AP_LOSS}) {'met' if met else 'NOT met'}")
@@ -130,29 +120,6 @@ def op_times(folder: Path, precision: str, threads: int, runs: int = 200) -> dic
             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
                 totals[e["args"]["op_name"]] += e["dur"] / 1000 / runs  # µs in total -> ms per run
     return dict(totals)
-
-
-def alternate(out: Path, arch_id: str, threads: int, rounds: int) -> tuple[float, float, list[float]]:
-    """(fp32 median ms, int8 median ms, fp32/int8 per round): the deployed networks timed in alternate blocks."""
-    block = TimingConfig(warmup_runs=0, warmup_s=0.0, min_runs=1, max_runs=100_000, budget_s=0.25)
-    warm = TimingConfig(warmup_runs=10, warmup_s=0.2, min_runs=1, max_runs=1, budget_s=0.0)
-    runners = []
-    for precision in ("fp32", "int8"):
-        folder = out / precision / arch_id
-        backend = BackendSpec(backend="ort-cpu", precision=precision, threads=threads).build()
-        runners.append([backend.load(folder / g.onnx) for g in read_manifest(folder).graphs if g.onnx])
-    try:
-        for runner in (r for group in runners for r in group):
-            runner.time(warm)
-        times: list[list[float]] = [[], []]
-        for _ in range(rounds):
-            for i, group in enumerate(runners):
-                times[i].append(sum(r.time(block).median_ms for r in group))  # two-stage: rpn + roi
-    finally:
-        for runner in (r for group in runners for r in group):
-            runner.close()
-    ratios = [a / b for a, b in zip(times[0], times[1], strict=True)]
-    return float(np.median(times[0])), float(np.median(times[1])), ratios
 
 
 def _x(value: float | None) -> str:

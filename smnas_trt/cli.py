@@ -570,7 +570,7 @@ def deploy_cmd(
     from pathlib import Path
 
     from smnas_trt.deploy import DeployOptions, deploy_models, deploy_spec, target_from_checkpoint, targets_from_run
-    from smnas_trt.deploy.compare import COMPARE_MD, compare_precisions, parse_precisions
+    from smnas_trt.deploy.compare import COMPARE_MD, SIDE_BY_SIDE_ROUNDS, compare_precisions, parse_precisions
     from smnas_trt.deploy.console import StagePrinter, print_summary
     from smnas_trt.errors import DeployError
     from smnas_trt.profiling.timing import TimingConfig
@@ -591,7 +591,8 @@ def deploy_cmd(
     if specs:
         console.print(f"smnas deploy: {len(targets)} model(s) -> {out}/<precision> on "
                       f"{', '.join(s.describe() for s in specs)}", highlight=False)
-        report = compare_precisions(targets, options, specs, printer, printer.model)
+        report = compare_precisions(targets, options, specs, printer, printer.model,
+                                    rounds=3 if quick else SIDE_BY_SIDE_ROUNDS)
         console.print((Path(out) / COMPARE_MD).read_text(), highlight=False, markup=False)
         if any(r["status"] != "ok" for r in report["rows"]):
             raise SystemExit(1)

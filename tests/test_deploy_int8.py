@@ -173,8 +173,12 @@ def test_cli_compare_fp32_int8_writes_one_table(trained: tuple[Path, Path], tmp_
     fp32, int8 = report["rows"]
     assert fp32["delta_ap"] == 0.0 and fp32["speedup"] == 1.0
     assert int8["delta_ap"] == pytest.approx(int8["ap"] - fp32["ap"]) and int8["speedup"] > 0
+    assert fp32["speedup_side_by_side"] == 1.0  # its own rounds against themselves
+    assert 0 < int8["speedup_side_by_side_p10"] <= int8["speedup_side_by_side"] <= int8["speedup_side_by_side_p90"]
     assert read_manifest(out / "int8" / int8["arch_id"]).precision == "int8"
-    assert "| AP (deployed) | ΔAP |" in (out / "compare.md").read_text()
+    table = (out / "compare.md").read_text()
+    assert "| AP (deployed) | ΔAP |" in table and "| speed-up side by side |" in table
+    assert f"{int8['speedup_side_by_side']:.2f}x ({int8['speedup_side_by_side_p10']:.2f}x-" in table
 
 
 def test_compare_needs_two_precisions() -> None:

@@ -24,7 +24,7 @@ from smnas_trt.errors import DeployError, SmnasError
 from smnas_trt.models.graphs import GraphSpec, detector_graphs
 from smnas_trt.profiling.backends import torch_threads
 from smnas_trt.profiling.spec import BackendSpec
-from smnas_trt.profiling.timing import HostClock, LatencyStats, TimingConfig, time_runs
+from smnas_trt.profiling.timing import HostClock, TimingConfig, time_runs
 from smnas_trt.space import Arch, parse
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -242,17 +242,21 @@ class Detector:
     def time(self, image: ImageInput | None = None, config: TimingConfig | None = None) -> dict[str, Any]:
         """Median latencies at batch 1: `network` (the graph(s); two-stage: the sum of both) and `end2end`
         (graphs plus decoding, proposal filtering and NMS, from the prepared input to detections)."""
-        x = self.prepare(image)[0] if image is not None else torch.rand(self.decoder_input_shape())
-        runs: list[GraphRun] = []
-        self.detect_prepared(x, runs.append)  # real intermediate inputs for each graph
-        graphs: dict[str, LatencyStats] = {}
-        for i, run in enumerate(runs):
-            runner = self.runners[i]
-            runner.set_inputs(self._feeds(i, run.inputs))
-            graphs[run.name] = runner.time(config)
+        x = self.set_timing_inputs(image)
+        graphs = {name: runner.time(config) for name, runner in zip(self.graph_names, self.runners, strict=True)}
         end2end = time_runs(lambda: self.detect_prepared(x), config, HostClock())
         network_ms = sum(s.median_ms for s in graphs.values())
         return {"graphs": graphs, "network_ms": network_ms, "end2end": end2end}
+
+    def set_timing_inputs(self, image: ImageInput | None = None) -> torch.Tensor:
+        """Give each graph's runner the inputs it gets from `image` (a random one by default) in the real
+        pipeline, so graph timings see real intermediate tensors; returns the prepared input."""
+        x = self.prepare(image)[0] if image is not None else torch.rand(self.decoder_input_shape())
+        runs: list[GraphRun] = []
+        self.detect_prepared(x, runs.append)
+        for i, run in enumerate(runs):
+            self.runners[i].set_inputs(self._feeds(i, run.inputs))
+        return x
 
     def decoder_input_shape(self) -> tuple[int, ...]:
         from smnas_trt.models.graphs import body_input_shape
