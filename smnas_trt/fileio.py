@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
@@ -126,3 +128,13 @@ def _acquire(lock_path: Path, busy: Callable[[str], Exception]) -> int:
         except FileNotFoundError:
             pass
         os.close(fd)
+
+
+class StoredRecord(BaseModel):
+    """Base of a JSON file smnas writes and reads back (a deploy manifest, a predictor's metadata): strict types
+    (no true for a number, no text for a count) and finite numbers in every field smnas reads.
+
+    Other keys are kept as written (extra="allow"): the files also hold figures nobody reads back, and a key a
+    newer smnas adds survives a re-save. NaN figures among those are written as NaN, as json.dumps does."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, ser_json_inf_nan="constants")

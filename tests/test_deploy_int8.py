@@ -157,7 +157,10 @@ def test_deployed_ap_equals_a_direct_pycocotools_evaluation(trained: tuple[Path,
 
 def test_cli_compare_fp32_int8_writes_one_table(trained: tuple[Path, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import statistics
+
     from smnas_trt.cli import main
+    from smnas_trt.deploy.compare import side_by_side
 
     data, ckpt = trained
     out = tmp_path / "cmp"
@@ -179,6 +182,12 @@ def test_cli_compare_fp32_int8_writes_one_table(trained: tuple[Path, Path], tmp_
     table = (out / "compare.md").read_text()
     assert "| AP (deployed) | ΔAP |" in table and "| speed-up side by side |" in table
     assert f"{int8['speedup_side_by_side']:.2f}x ({int8['speedup_side_by_side_p10']:.2f}x-" in table
+    # The side-by-side rounds time the networks the deploys timed: one figure per round, near their own timing.
+    rounds = side_by_side({"fp32": out / "fp32" / fp32["arch_id"], "int8": out / "int8" / int8["arch_id"]}, 5)
+    assert {p: len(t) for p, t in rounds.items()} == {"fp32": 5, "int8": 5}
+    for precision, row in (("fp32", fp32), ("int8", int8)):
+        assert all(t > 0 for t in rounds[precision])
+        assert 0.3 < statistics.median(rounds[precision]) / row["network_ms"] < 3, (precision, rounds, row)
 
 
 def test_compare_needs_two_precisions() -> None:

@@ -116,7 +116,7 @@ def comparison_rows(results: dict[str, DeployResult], side: dict[str, dict[str, 
             row["speedup_end2end"] = _ratio(ref.get("end2end_ms"), row["end2end_ms"])
             rounds = (side or {}).get(model.arch_id, {})
             if precision in rounds and first in rounds:
-                ratios = sorted(a / b for a, b in zip(rounds[first], rounds[precision], strict=True) if b > 0)
+                ratios = [a / b for a, b in zip(rounds[first], rounds[precision], strict=True) if b > 0]
                 row["speedup_side_by_side"] = _quantile(ratios, 0.5)
                 row["speedup_side_by_side_p10"], row["speedup_side_by_side_p90"] = (_quantile(ratios, 0.1),
                                                                                     _quantile(ratios, 0.9))
@@ -127,8 +127,8 @@ def comparison_rows(results: dict[str, DeployResult], side: dict[str, dict[str, 
     return rows
 
 
-def _quantile(ordered: list[float], q: float) -> float | None:
-    return float(np.quantile(ordered, q)) if ordered else None
+def _quantile(values: list[float], q: float) -> float | None:
+    return float(np.quantile(values, q)) if values else None
 
 
 def _diff(a: float | None, b: float | None) -> float | None:

@@ -14,8 +14,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveInt,
@@ -25,7 +23,7 @@ from pydantic import (
 )
 
 from smnas_trt.errors import ArchError, DeployError, first_line, short_repr
-from smnas_trt.fileio import atomic_write_json, atomic_write_text, sha256_file
+from smnas_trt.fileio import StoredRecord, atomic_write_json, atomic_write_text, sha256_file
 from smnas_trt.profiling.fingerprint import FingerprintRecord
 from smnas_trt.profiling.spec import BackendName, BackendSpec, Precision
 from smnas_trt.space import parse
@@ -38,15 +36,10 @@ MANIFEST_FORMAT = "smnas-deployed-model"
 MANIFEST_VERSION = 1
 
 
-class _Record(BaseModel):
-    """Strict types (no true for a number, no text for a count) and finite numbers in every field smnas reads.
-
-    Other keys are kept as written (extra="allow"): the records also hold figures nobody reads back (timing
-    statistics, verification details, scores, calibration), and a key a newer smnas adds survives. Writing dumps
-    only the keys that were set, so a manifest read and written again is the same file.
-    """
-
-    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, ser_json_inf_nan="constants")
+class _Record(StoredRecord):
+    """A manifest record: timing statistics, verification details, scores and calibration beyond the fields
+    below are kept as written. Writing dumps only the keys that were set, so a manifest read and written
+    again is the same file."""
 
 
 def _plain_name(name: str) -> str:
@@ -84,7 +77,7 @@ class VerificationRecord(_Record):
 
     score_thresh: float | None = None
     passed: bool | None = None
-    failures: list[str] = []
+    failures: list[str] = Field(default_factory=list)
     compared: NonNegativeInt | None = None
     match_share_iou_0_99: float | None = Field(None, alias="match_share_iou_0.99")
     max_score_diff: float | None = None

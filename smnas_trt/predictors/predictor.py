@@ -50,7 +50,7 @@ from pydantic import (
 )
 
 from smnas_trt.errors import ForeignDeviceError, PredictorError, first_line, short_repr
-from smnas_trt.fileio import atomic_dir, atomic_write_bytes, atomic_write_json
+from smnas_trt.fileio import StoredRecord, atomic_dir, atomic_write_bytes, atomic_write_json
 from smnas_trt.predictors.features import SCHEMA_VERSION, FeatureConfig, Featurizer, feature_names
 from smnas_trt.predictors.metrics import FlopsLinear, accuracy, coverage
 from smnas_trt.profiling.drift import Drift, drift_against
@@ -115,14 +115,11 @@ class FitConfig(BaseModel):
                 "subsample": 0.8, "tree_method": "hist", "nthread": self.threads, "seed": self.seed + 1}
 
 
-class _Meta(BaseModel):
-    """Strict types (no true for a number, no text for a count) and finite numbers in every field smnas reads.
+class _Meta(StoredRecord):
+    """A predictor-metadata record (the CV metrics hold more figures than are read back, kept as written).
+    Frozen: a predictor's metadata changes only by a new fit."""
 
-    Other keys are kept as written (extra="allow"): the CV metrics hold more figures than are read back, and a
-    key a newer smnas adds survives a re-save. Frozen: a predictor's metadata changes only by a new fit."""
-
-    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, ser_json_inf_nan="constants",
-                              frozen=True)
+    model_config = ConfigDict(frozen=True)
 
 
 class Prior(_Meta):
