@@ -611,6 +611,9 @@ def predict_cmd(
     out: str = typer.Option("predictions", "--out", "-o", help="Folder for detections.json and the drawn images."),
     min_score: float = typer.Option(0.3, help="Write and draw detections at or above this score."),
     threads: int = typer.Option(None, help="CPU intra-op threads (default: those the model was deployed with)."),
+    agnostic_nms: bool = typer.Option(False, "--agnostic-nms", help="One box per object: drop a box that a "
+                                      "higher-scored box of another class overlaps (the model's NMS IoU). For "
+                                      "objects that do not overlap, like the demo's digits."),
 ) -> None:
     """Detect objects with a deployed model; write detections (JSON) and images with boxes drawn.
 
@@ -618,7 +621,7 @@ def predict_cmd(
     """
     from smnas_trt.deploy.predict import predict_images
 
-    result = predict_images(model, images, out, min_score=min_score, threads=threads,
+    result = predict_images(model, images, out, min_score=min_score, threads=threads, agnostic_nms=agnostic_nms,
                             on_image=lambda p, n: console.print(f"{p}: {n} detections", highlight=False))
     console.print(f"wrote {result.json_path} and {len(result.images)} image(s) in {result.out} "
                   f"({result.mean_ms:.1f} ms per image)", highlight=False)

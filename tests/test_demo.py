@@ -63,8 +63,10 @@ def test_demo_steps_reuse_earlier_work_and_deploy_the_front(tmp_path: Path) -> N
 
     assert demo.step_predict() is False
     assert (demo.predictions / "detections.json").is_file()
-    check = demo.result.prediction_check
+    check, per_class = demo.result.prediction_check, demo.result.prediction_check_per_class
     assert check.images == 2 and 0 <= check.images_with_a_correct_box <= 2 and check.correct_boxes <= check.boxes
+    assert json.loads((demo.predictions / "detections.json").read_text())["agnostic_nms"] is True  # what it drew
+    assert per_class.images == 2 and per_class.boxes >= check.boxes  # one box per object drops, never adds
     assert demo.step_report() is False
     assert demo.result.report_md is not None and demo.result.report_md.is_file()
     assert demo.result.pareto_png is not None and demo.result.pareto_png.is_file()
@@ -73,7 +75,7 @@ def test_demo_steps_reuse_earlier_work_and_deploy_the_front(tmp_path: Path) -> N
     out = text.getvalue()
     assert f"deployed:  {demo.deployed}/ (1 models" in out and "report:" in out and "plot:" in out
     assert "smnas predict --model" in out and "Pareto front" in out and arch_id in out
-    assert "predictions: a correct box (IoU >= 0.5, right category) on" in out
+    assert "predictions: a correct box (IoU >= 0.5, right category) on" in out and "(per-class NMS only: " in out
 
 
 def test_changed_plan_is_not_taken_for_finished_work(tmp_path: Path) -> None:

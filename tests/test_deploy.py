@@ -171,6 +171,27 @@ def test_runtime_predict_matches_pytorch_in_original_pixels(deployed: Path, trai
     assert (labels == ref["labels"].numpy()).all()  # demo categories 1..10 are labels 1..10
 
 
+def test_agnostic_nms_keeps_one_box_per_object(deployed: Path, trained: tuple[Path, Path]) -> None:
+    from torchvision.ops import box_iou
+
+    data, _ = trained
+    with Detector.load(deployed, threads=1) as det:
+        thresh = det.decoder.nms_thresh
+        per_class = det.predict(data / "val" / "000001.png")
+        agnostic = det.predict(data / "val" / "000001.png", agnostic_nms=True)
+    boxes, scores = torch.from_numpy(per_class.boxes), torch.from_numpy(per_class.scores)
+    iou = box_iou(boxes, boxes)
+    crossing = (iou > thresh) & torch.from_numpy(per_class.labels[:, None] != per_class.labels[None, :])
+    assert crossing.any()  # the barely trained model's runner-up classes sit on the same boxes
+    kept = {tuple(b) for b in agnostic.boxes.tolist()}
+    assert kept <= {tuple(b) for b in per_class.boxes.tolist()} and len(kept) < len(per_class.boxes)
+    k = torch.tensor([tuple(b) in kept for b in per_class.boxes.tolist()])
+    kept_iou = iou[k][:, k]
+    assert (kept_iou.fill_diagonal_(0) <= thresh).all()  # no two kept boxes overlap above the threshold
+    for i in torch.nonzero(~k).flatten().tolist():  # each dropped box sits under a kept, higher-scored one
+        assert ((iou[i] > thresh) & k & (scores >= scores[i])).any()
+
+
 def test_deploy_torch_backend(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, ckpt = trained
     target = target_from_checkpoint(ckpt, data)

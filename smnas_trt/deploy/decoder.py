@@ -52,6 +52,11 @@ class Decoder:
                               f"{sum(self.anchors_per_level)}")
         self.num_proposals = int(model.rpn.post_nms_top_n()) if self.two_stage else 0
 
+    @property
+    def nms_thresh(self) -> float:
+        """The IoU above which the model's own NMS drops the lower-scored of two boxes of one class."""
+        return float(self.model.roi_heads.nms_thresh if self.two_stage else self.model.nms_thresh)
+
     def dense(self, outputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Detections (boxes in input pixels, scores, labels 1..K) from the body's outputs."""
         keys = dense_output_names(self.model)

@@ -79,10 +79,12 @@ def draw(image: Image.Image, dets: list[dict[str, Any]]) -> Image.Image:
 
 
 def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, min_score: float = 0.3,
-                   threads: int | None = None, on_image: Callable[[Path, int], None] | None = None) -> PredictResult:
+                   threads: int | None = None, agnostic_nms: bool = False,
+                   on_image: Callable[[Path, int], None] | None = None) -> PredictResult:
     """Detect objects in every image; write OUT/detections.json and OUT/<name>.png with boxes drawn.
 
-    `min_score` filters what is written and drawn (the model itself keeps scores >= 0.05).
+    `min_score` filters what is written and drawn (the model itself keeps scores >= 0.05);
+    `agnostic_nms`: one box per object (`Detector.predict`).
     """
     if not 0 <= min_score <= 1:
         raise DeployError(f"--min-score must be within 0..1, got {min_score}")
@@ -100,7 +102,7 @@ def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], out: str
             t0 = time.perf_counter()
             image = load_image(path)
             assert isinstance(image, Image.Image)
-            det = detector.predict(image)
+            det = detector.predict(image, agnostic_nms=agnostic_nms)
             seconds += time.perf_counter() - t0
             dets = detections_json(det, detector, min_score)
             name = path.stem if path.stem not in names else f"{path.stem}_{len(names)}"
@@ -119,7 +121,8 @@ def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], out: str
     atomic_write_json(json_path, {"model": {"folder": str(Path(model_dir).resolve()), "arch": manifest.arch,
                                             "arch_id": manifest.arch_id, "backend": manifest.backend,
                                             "precision": manifest.precision},
-                                  "min_score": min_score, "box_format": "pixels of the original image",
+                                  "min_score": min_score, "agnostic_nms": agnostic_nms,
+                                  "box_format": "pixels of the original image",
                                   "images": records})
     return PredictResult(out, json_path, drawn, counts, 1000 * seconds / len(files))
 

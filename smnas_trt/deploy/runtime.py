@@ -223,10 +223,20 @@ class Detector:
             record(GraphRun(self.graph_names[1], roi_inputs, roi_outs))
         return self.decoder.rcnn([torch.from_numpy(o) for o in roi_outs], valid)
 
-    def predict(self, image: ImageInput) -> Detections:
-        """Detections of one image (path, PIL image, HxWx3 uint8 RGB array or [3, H, W] float tensor)."""
+    def predict(self, image: ImageInput, agnostic_nms: bool = False) -> Detections:
+        """Detections of one image (path, PIL image, HxWx3 uint8 RGB array or [3, H, W] float tensor).
+
+        `agnostic_nms` keeps one box per object: after the model's own per-class NMS, a box is dropped where
+        a higher-scored box of any class overlaps it above the same IoU threshold. Right for data whose
+        objects do not overlap, where the other box is the classifier's second guess at the same object.
+        """
         x, orig = self.prepare(image)
         det = self.detect_prepared(x)
+        if agnostic_nms:
+            from torchvision.ops import nms
+
+            keep = nms(det["boxes"], det["scores"], self.decoder.nms_thresh)
+            det = {k: v[keep] for k, v in det.items()}
         boxes = det["boxes"].clone()
         sx, sy = orig[0] / self.arch.size.width, orig[1] / self.arch.size.height
         boxes *= torch.tensor([sx, sy, sx, sy])
