@@ -220,6 +220,10 @@ def profile_lut_cmd(
     onnx_cache: str = typer.Option(None, help="Folder of exported graphs reused across runs (default: "
                                               "$SMNAS_CACHE/onnx or ~/.cache/smnas_trt/onnx)."),
     no_onnx_cache: bool = typer.Option(False, "--no-onnx-cache", help="Export into a temporary folder instead."),
+    export_ahead: bool = typer.Option(None, "--export-ahead/--no-export-ahead",
+                                      help="Export the next entries in a worker process while this one times "
+                                           "(default: on for GPU devices, off on the CPU, where a second busy "
+                                           "core would disturb the timing)."),
 ) -> None:
     """Export whole architectures (and module pieces) to ONNX, time them on a backend, store a latency table.
 
@@ -270,6 +274,7 @@ def profile_lut_cmd(
             space=search_space, out=out, spec=spec, models=models, archs=arch_list, seed=seed, resume=resume,
             module_kinds=kinds, max_modules=max_modules, end2end=end2end, num_classes=num_classes, timing=timing,
             passes=passes, cache=cache, exporter=exporter, add_anchors=anchors,  # type: ignore[arg-type]
+            export_ahead=export_ahead,
             on_plan=lambda total: progress.update(task, total=total),
             on_item=lambda label: progress.update(task, advance=1, description=label[:60]),
         )  # fmt: skip
@@ -282,7 +287,8 @@ def profile_lut_cmd(
     console.print(
         f"{out}: {report.modules_timed} modules and {report.models_timed} models timed, "
         f"{report.modules_skipped + report.models_skipped} already there, {len(report.failures)} failed; "
-        f"{report.split.line(report.elapsed_s)}; ONNX cache {report.cache_hits} hits, {report.cache_misses} exports",
+        f"{report.split.line(report.elapsed_s)}; ONNX cache {report.cache_hits} hits, {report.cache_misses} exports"
+        + (f" ({report.exported_ahead} entries exported ahead by a worker)" if report.exported_ahead else ""),
         highlight=False,
     )
     if report.interrupted:

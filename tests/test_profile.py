@@ -19,11 +19,13 @@ from smnas_trt.profiling.backends import OrtCpuBackend
 from smnas_trt.profiling.cache import OnnxCache
 from smnas_trt.profiling.lut import LatencyTable
 from smnas_trt.profiling.profile import (
+    ExportAhead,
     TimingJob,
     choose_anchors,
     dedup_pieces,
     measure_drift,
     median_pass,
+    model_job,
     parse_module_kinds,
     profile_lut,
     read_arch_file,
@@ -162,6 +164,51 @@ def test_a_second_profile_of_the_same_entries_hits_the_cache(tmp_path: Path, tin
         third = _profile(tiny, tmp_path / "c.db", cache, anchors=2, repeat_check=False)
     assert (third.cache_misses, third.cache_altered) == (1, 1) and not third.failures
     assert sum("no longer matched their recorded SHA-256" in w for w in third.warnings) == 1
+
+
+def test_export_ahead_exports_in_a_worker_and_gives_the_same_graphs(tmp_path: Path, tiny) -> None:
+    archs = sample_models(tiny, 4, seed=3)
+    with OnnxCache(tmp_path / "cache") as cache:
+        ahead = _profile(tiny, tmp_path / "ahead.db", cache, archs=archs, anchors=0, repeat_check=False,
+                         export_ahead=True)
+        assert not ahead.failures and ahead.models_timed == 4
+        assert ahead.exported_ahead == 4 and ahead.cache_misses == 4  # the worker's exports, counted here
+    with OnnxCache(tmp_path / "cache") as cache:  # in this process, from the same cache: the same files
+        here = _profile(tiny, tmp_path / "here.db", cache, archs=archs, anchors=0, repeat_check=False)
+        assert (here.exported_ahead, here.cache_misses, here.cache_hits) == (0, 0, 4)
+    with LatencyTable.open(tmp_path / "ahead.db") as a, LatencyTable.open(tmp_path / "here.db") as b:
+        assert {r.arch: r.extra["onnx_sha256"] for r in a.model_rows()} == \
+            {r.arch: r.extra["onnx_sha256"] for r in b.model_rows()}
+
+
+def _graphs_unless_in_a_worker(arch: str) -> list[Any]:
+    """A model's graphs here; in a spawned export worker the process kills itself (an OOM kill, say)."""
+    import multiprocessing
+    import os
+    import signal
+
+    if multiprocessing.parent_process() is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    job = model_job(load_space("tiny").parse(arch), 5, 1, "fp32", "legacy")
+    return job.build()
+
+
+def test_a_dead_export_worker_leaves_the_exports_to_this_process(tmp_path: Path, tiny) -> None:
+    import functools
+
+    backend = BackendSpec(threads=1).build()
+    archs = [str(a) for a in sample_models(tiny, 3, seed=4)]
+    jobs = [TimingJob(f"network:{a}", functools.partial(_graphs_unless_in_a_worker, a), f"dies|{a}", a)
+            for a in archs]
+    with OnnxCache(tmp_path / "cache") as cache:
+        ahead = ExportAhead(cache, "legacy", backend)
+        try:
+            results = list(time_jobs(backend, jobs, QUICK, cache, ahead=ahead))
+        finally:
+            ahead.close()
+        assert [r.job.name for r in results] == [j.name for j in jobs] and all(r.stats for r in results)
+        assert ahead.exported == 0 and "export worker stopped" in ahead.broken and "\n" not in ahead.broken
+        assert cache.misses == 3  # every job exported here instead
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, tiny) -> None:

@@ -70,6 +70,12 @@ class OnnxCache:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def add_counts(self, hits: int, misses: int, altered: int) -> None:
+        """Count what another process (an export worker) found and exported in this cache's folder."""
+        self.hits += hits
+        self.misses += misses
+        self.altered += altered
+
     @staticmethod
     def key(*parts: Any) -> str:
         return "|".join(str(p) for p in (f"graph{GRAPH_FORMAT}", *parts))

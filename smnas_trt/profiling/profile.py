@@ -26,11 +26,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import multiprocessing
 import random
 import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +43,9 @@ from smnas_trt.fileio import writer_lock
 from smnas_trt.profiling.backend import Backend, Runner
 from smnas_trt.profiling.cache import OnnxCache
 from smnas_trt.profiling.drift import Drift, drift_against
-from smnas_trt.profiling.export import DEFAULT_EXPORTER, Exporter
+from smnas_trt.profiling.export import DEFAULT_EXPORTER, Exporter, ExportInfo
 from smnas_trt.profiling.lut import LatencyTable
-from smnas_trt.profiling.quantize import scheme_for
+from smnas_trt.profiling.quantize import Scheme, scheme_for
 from smnas_trt.profiling.spec import BackendSpec
 from smnas_trt.profiling.timing import LatencyStats, TimingConfig, sum_stats
 
@@ -125,32 +128,49 @@ def median_pass(passes: Sequence[LatencyStats]) -> LatencyStats:
     return sorted(passes, key=lambda s: s.median_ms)[(len(passes) - 1) // 2]
 
 
-class _Prepared:
-    """A job's graphs ready to load: exported (or taken from the cache) once, loaded afresh per pass."""
+def export_graphs(job: TimingJob, cache: OnnxCache, exporter: Exporter, precision: str,
+                  scheme: Scheme | None) -> tuple[list[tuple[str, ExportInfo]], float]:
+    """(graph name, export) of each of the job's graphs, from the cache or exported into it, and the seconds
+    the exports took (building the model before them is not counted)."""
+    specs = job.build()
+    t0 = time.perf_counter()
+    exports = [(spec.name, cache.export(f"{job.cache_key}|{spec.name}", spec.module, spec.example_inputs,
+                                        exporter=exporter, precision=precision, input_names=spec.input_names,
+                                        output_names=spec.output_names, scheme=scheme))
+               for spec in specs]
+    return exports, time.perf_counter() - t0
 
-    def __init__(self, job: TimingJob, backend: Backend, cache: OnnxCache, exporter: Exporter) -> None:
+
+class _Prepared:
+    """A job's graphs ready to load: exported (or taken from the cache) once, loaded afresh per pass.
+
+    `exported` are the job's exports made ahead by an `ExportAhead` worker; without them it exports here."""
+
+    def __init__(self, job: TimingJob, backend: Backend, cache: OnnxCache, exporter: Exporter,
+                 ahead: ExportAhead | None = None) -> None:
         self.loaders: list[tuple[str, Callable[[], Runner]]] = []
         self.extra: dict[str, Any] = {"exporter": "none" if backend.name == "torch" else exporter}
         self.split = TimeSplit()
-        hashes: dict[str, str] = {}
         scheme = scheme_for(backend.name) if backend.precision == "int8" else None
         if scheme is not None:
             self.extra["int8"] = {"scheme": scheme, "calibration": "random (seeded; latency does not depend on it)"}
-        for spec in job.build():
-            if backend.name == "torch":
-                module, inputs = spec.module, spec.example_inputs
-                self.loaders.append((spec.name, functools.partial(backend.load_module, module, inputs)))
-                continue
-            t0 = time.perf_counter()
-            info = cache.export(f"{job.cache_key}|{spec.name}", spec.module, spec.example_inputs, exporter=exporter,
-                                precision=backend.precision, input_names=spec.input_names,
-                                output_names=spec.output_names, scheme=scheme)
-            self.split.export_s += time.perf_counter() - t0
-            hashes[spec.name] = info.sha256
+        if backend.name == "torch":
+            for spec in job.build():
+                self.loaders.append((spec.name, functools.partial(backend.load_module, spec.module,
+                                                                  spec.example_inputs)))
+            return
+        t0 = time.perf_counter()
+        exports = ahead.take(job) if ahead is not None else None
+        if exports is not None:
+            self.split.export_s += time.perf_counter() - t0  # the time this process waited for the worker
+        else:
+            exports, seconds = export_graphs(job, cache, exporter, backend.precision, scheme)
+            self.split.export_s += seconds
+        for name, info in exports:
             self.extra["opset"] = info.opset
-            self.loaders.append((spec.name, functools.partial(backend.load, info.path)))
-        if hashes:
-            self.extra["onnx_sha256"] = hashes
+            self.loaders.append((name, functools.partial(backend.load, info.path)))
+        if exports:
+            self.extra["onnx_sha256"] = {name: info.sha256 for name, info in exports}
 
     def time_once(self, timing: TimingConfig) -> tuple[LatencyStats, dict[str, float]]:
         """One pass: each graph in a fresh session; the entry's stats are their sum."""
@@ -168,23 +188,97 @@ class _Prepared:
         return sum_stats(parts), graphs
 
 
+def _export_in_worker(job: TimingJob, folder: str, exporter: Exporter, precision: str,
+                      scheme: Scheme | None) -> tuple[list[tuple[str, ExportInfo]], tuple[int, int, int]]:
+    """An `ExportAhead` worker's task: the job's exports into the shared cache folder, and its cache counts."""
+    with OnnxCache(folder) as cache:
+        exports, _ = export_graphs(job, cache, exporter, precision, scheme)
+        return exports, (cache.hits, cache.misses, cache.altered)
+
+
+class ExportAhead:
+    """Exports the next entries' graphs in one worker process while this process times the current one.
+
+    For GPU backends, where the timing leaves the CPU idle: the export (a third of a CPU entry's wall, more
+    beside an engine build) overlaps the timing. Not for CPU backends: a second busy core would disturb the
+    timing. The worker writes into the run's ONNX cache folder, and its cache counts join the cache's. A job
+    the worker could not export (or a worker that died, said once in `broken`) is exported in this process,
+    where a real error is reported as that entry's failure.
+    """
+
+    def __init__(self, cache: OnnxCache, exporter: Exporter, backend: Backend) -> None:
+        self.cache = cache
+        self.exporter = exporter
+        self.precision = backend.precision
+        self.scheme = scheme_for(backend.name) if backend.precision == "int8" else None
+        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self._futures: dict[str, Future[Any]] = {}
+        self.exported = 0  # jobs whose graphs came from the worker
+        self.broken = ""  # why the worker stopped, once it has
+
+    def submit(self, jobs: Iterable[TimingJob]) -> None:
+        for job in jobs:
+            if self._pool is None:
+                return
+            try:
+                self._futures[job.name] = self._pool.submit(_export_in_worker, job, str(self.cache.folder),
+                                                            self.exporter, self.precision, self.scheme)
+            except BrokenProcessPool as e:  # the worker died (OOM, killed)
+                self._stop(e)
+
+    def take(self, job: TimingJob) -> list[tuple[str, ExportInfo]] | None:
+        """The worker's exports of `job` once it has made them; None: export it here."""
+        future = self._futures.pop(job.name, None)
+        if future is None:
+            return None
+        try:
+            exports, (hits, misses, altered) = future.result()
+        except BrokenProcessPool as e:
+            self._stop(e)
+            return None
+        except Exception:
+            return None  # an export error (or one pickling the job): exporting here reports it as the entry's
+        self.cache.add_counts(hits, misses, altered)
+        self.exported += 1
+        return exports
+
+    def _stop(self, error: BaseException) -> None:
+        self.broken = self.broken or f"the export worker stopped ({first_line(error)}); exporting in this process"
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._futures.clear()
+
+
 def time_jobs(backend: Backend, jobs: Iterable[TimingJob], timing: TimingConfig, cache: OnnxCache,
-              passes: int = 1, exporter: Exporter = DEFAULT_EXPORTER) -> Iterator[JobResult]:
+              passes: int = 1, exporter: Exporter = DEFAULT_EXPORTER,
+              ahead: ExportAhead | None = None) -> Iterator[JobResult]:
     """Time each job and yield its result as soon as it is done; a failing job is reported, not raised.
 
     With `passes` > 1 the jobs go in chunks of PASS_CHUNK: each chunk is exported once, then timed
     `passes` times over (fresh sessions each time, so the passes of one job are seconds apart), and each
-    job keeps its `median_pass`; `extra["pass_medians_ms"]` records every pass.
+    job keeps its `median_pass`; `extra["pass_medians_ms"]` records every pass. With `ahead`, the next
+    chunk is exported by its worker while this one is timed.
     """
     if passes < 1:
         raise ProfilingError(f"passes must be >= 1, got {passes}")
     pending = iter(jobs)
-    while chunk := list(itertools.islice(pending, 1 if passes == 1 else PASS_CHUNK)):
+    size = 1 if passes == 1 else PASS_CHUNK
+    chunk = list(itertools.islice(pending, size))
+    if ahead is not None:
+        ahead.submit(chunk)
+    while chunk:
+        following = list(itertools.islice(pending, size))
+        if ahead is not None:
+            ahead.submit(following)
         prepared: dict[str, _Prepared] = {}
         errors: dict[str, str] = {}
         for job in chunk:
             try:
-                prepared[job.name] = _Prepared(job, backend, cache, exporter)
+                prepared[job.name] = _Prepared(job, backend, cache, exporter, ahead)
             except Exception as e:  # one bad entry must not end a long run; it is reported
                 errors[job.name] = first_line(e)
         runs: dict[str, list[tuple[LatencyStats, dict[str, float]]]] = {name: [] for name in prepared}
@@ -209,38 +303,44 @@ def time_jobs(backend: Backend, jobs: Iterable[TimingJob], timing: TimingConfig,
             if passes > 1:
                 extra["pass_medians_ms"] = [round(s.median_ms, 6) for s, _ in runs[job.name]]
             yield JobResult(job, chosen, extra, "", split)
+        chunk = following
 
 
 # ------------------------------------------------------------------------------------------ what to time
 def model_job(arch: Any, num_classes: int, batch: int, precision: str, exporter: Exporter,
               scope: str = "network") -> TimingJob:
     """The graphs of a freshly built detector of `arch` (weights do not change latency)."""
-    from smnas_trt.models import build_detector
-    from smnas_trt.models.graphs import detector_graphs, end2end_graph
-
-    def build() -> list[Any]:
-        import torch
-
-        with torch.no_grad():
-            model = build_detector(arch, num_classes)
-            if scope == "end2end":
-                return [end2end_graph(model, arch)]
-            return detector_graphs(model, arch, batch)
-
     cache_key = OnnxCache.key(scope, arch, f"classes{num_classes}", f"batch{batch}", precision, exporter)
+    # A partial of a module-level function, so that an ExportAhead worker can be sent the job.
+    build = functools.partial(_model_graphs, arch, num_classes, batch, scope)
     return TimingJob(f"{scope}:{arch}", build, cache_key, f"model {arch} ({scope})")
 
 
+def _model_graphs(arch: Any, num_classes: int, batch: int, scope: str) -> list[Any]:
+    import torch
+
+    from smnas_trt.models import build_detector
+    from smnas_trt.models.graphs import detector_graphs, end2end_graph
+
+    with torch.no_grad():
+        model = build_detector(arch, num_classes)
+        if scope == "end2end":
+            return [end2end_graph(model, arch)]
+        return detector_graphs(model, arch, batch)
+
+
 def piece_job(piece: Any, batch: int, precision: str, exporter: Exporter) -> TimingJob:
+    cache_key = OnnxCache.key("module", piece.key, f"batch{batch}", precision, exporter)
+    return TimingJob(f"module:{piece.key}", functools.partial(_piece_graphs, piece, batch), cache_key,
+                     f"module {piece.kind} {piece.key}")
+
+
+def _piece_graphs(piece: Any, batch: int) -> list[Any]:
     from smnas_trt.models.graphs import GraphSpec
 
-    def build() -> list[Any]:
-        inputs = batched(piece.inputs, batch)
-        return [GraphSpec(piece.kind, piece.module, [f"input_{i}" for i in range(len(inputs))], inputs,
-                          [f"output_{i}" for i in range(len(piece.output_shapes))])]
-
-    cache_key = OnnxCache.key("module", piece.key, f"batch{batch}", precision, exporter)
-    return TimingJob(f"module:{piece.key}", build, cache_key, f"module {piece.kind} {piece.key}")
+    inputs = batched(piece.inputs, batch)
+    return [GraphSpec(piece.kind, piece.module, [f"input_{i}" for i in range(len(inputs))], inputs,
+                      [f"output_{i}" for i in range(len(piece.output_shapes))])]
 
 
 def read_arch_file(path: str | Path, space: Any | None = None) -> tuple[list[Any], list[str]]:
@@ -418,6 +518,7 @@ class ProfileReport:
     cache_hits: int = 0
     cache_misses: int = 0
     cache_altered: int = 0
+    exported_ahead: int = 0  # entries whose graphs an ExportAhead worker exported while others were timed
 
 
 def profile_lut(
@@ -444,6 +545,7 @@ def profile_lut(
     on_plan: Callable[[int], None] | None = None,
     on_item: Callable[[str], None] | None = None,
     backend: Backend | None = None,
+    export_ahead: bool | None = None,
 ) -> ProfileReport:
     """Profile a space into the table at `out` (see the module docstring for the flow).
 
@@ -453,7 +555,8 @@ def profile_lut(
     models a new table gets; `add_anchors` gives them to an older table that has none. `on_plan(total)`
     is called once with the number of entries to time, `on_item(label)` after each. `backend` is a built
     backend to time on instead of `spec.build()` (a Backend subclass of your own); it must be the one `spec`
-    describes (name, precision, batch), which the table records.
+    describes (name, precision, batch), which the table records. `export_ahead` exports the next entries in
+    a worker process while this one times (`ExportAhead`); default: on for GPU devices, off on the CPU.
     """
     from smnas_trt.models.pieces import module_pieces
 
@@ -479,6 +582,8 @@ def profile_lut(
         elif (backend.name, backend.precision, backend.batch) != (spec.backend, spec.precision, spec.batch):
             raise ProfilingError(f"backend {backend.name} {backend.precision} batch {backend.batch} is not the one "
                                  f"the spec describes ({spec.describe()})")
+        if export_ahead is None:
+            export_ahead = spec.device_kind == "cuda" and spec.backend != "torch"
         own_cache = cache is None
         cache = cache or OnnxCache(None)
         report = ProfileReport(out=str(out))
@@ -530,7 +635,7 @@ def profile_lut(
                             if report.drift.warn:
                                 report.warnings.append(report.drift.warning("rows this resume adds"))
                 timed_jobs = _time_entries(table, backend, pieces, model_archs, kinds, end2end, num_classes, spec,
-                                           timing, cache, passes, exporter, report, on_plan, on_item)
+                                           timing, cache, passes, exporter, report, on_plan, on_item, export_ahead)
                 if anchor_jobs and not report.interrupted:
                     end = time_anchors(backend, anchor_jobs, timing, cache, passes, report.split)
                     for arch, stats in end.items():
@@ -556,7 +661,7 @@ def _time_entries(table: LatencyTable, backend: Backend, pieces: list[Any], mode
                   kinds: tuple[str, ...], end2end: bool, num_classes: int, spec: BackendSpec,
                   timing: TimingConfig, cache: OnnxCache, passes: int, exporter: Exporter, report: ProfileReport,
                   on_plan: Callable[[int], None] | None, on_item: Callable[[str], None] | None,
-                  ) -> list[tuple[TimingJob, float]]:
+                  export_ahead: bool = False) -> list[tuple[TimingJob, float]]:
     """Time what the table lacks; returns (job, median) of each entry timed (for the repeat check)."""
     todo_pieces = [p for p in pieces if not table.has(p.key)]
     report.modules_skipped = len(pieces) - len(todo_pieces)
@@ -578,8 +683,9 @@ def _time_entries(table: LatencyTable, backend: Backend, pieces: list[Any], mode
         jobs.append(job)
         put[job.name] = functools.partial(table.put_model, a, scope)
     timed: list[tuple[TimingJob, float]] = []
+    ahead = ExportAhead(cache, exporter, backend) if export_ahead and backend.name != "torch" and jobs else None
     try:
-        for result in time_jobs(backend, jobs, timing, cache, passes, exporter):
+        for result in time_jobs(backend, jobs, timing, cache, passes, exporter, ahead):
             report.split.add(result.split)
             if result.stats is None:
                 report.failures.append(f"{result.job.label}: {result.error}")
@@ -594,6 +700,12 @@ def _time_entries(table: LatencyTable, backend: Backend, pieces: list[Any], mode
                 on_item(result.job.label)
     except KeyboardInterrupt:
         report.interrupted = True
+    finally:
+        if ahead is not None:
+            ahead.close()
+            report.exported_ahead = ahead.exported
+            if ahead.broken:
+                report.warnings.append(ahead.broken)
     return timed
 
 
