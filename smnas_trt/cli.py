@@ -220,10 +220,10 @@ def profile_lut_cmd(
     onnx_cache: str = typer.Option(None, help="Folder of exported graphs reused across runs (default: "
                                               "$SMNAS_CACHE/onnx or ~/.cache/smnas_trt/onnx)."),
     no_onnx_cache: bool = typer.Option(False, "--no-onnx-cache", help="Export into a temporary folder instead."),
-    export_ahead: bool = typer.Option(None, "--export-ahead/--no-export-ahead",
-                                      help="Export the next entries in a worker process while this one times "
-                                           "(default: on for GPU devices, off on the CPU, where a second busy "
-                                           "core would disturb the timing)."),
+    export_ahead: bool | None = typer.Option(None, "--export-ahead/--no-export-ahead",
+                                             help="Export the next entries in a worker process while this one "
+                                                  "times (default: on for GPU devices, off on the CPU, where a "
+                                                  "second busy core would disturb the timing)."),
 ) -> None:
     """Export whole architectures (and module pieces) to ONNX, time them on a backend, store a latency table.
 

@@ -18,7 +18,8 @@ Flow of one run (a new table, or `resume=True` on an existing one):
 Each row commits on its own, so Ctrl-C (KeyboardInterrupt) stops between entries and keeps every
 row timed so far; `resume=True` continues, skipping what the table holds. Exported graphs go to an
 `OnnxCache` (reused by a resume, another backend or precision, another run), and every entry is
-exported once and timed `passes` times (chunk by chunk, the median pass kept).
+exported once and timed `passes` times (chunk by chunk, the median pass kept). On a GPU device an
+`ExportAhead` worker process exports the next entries while this process times the current one.
 """
 
 from __future__ import annotations
