@@ -255,6 +255,82 @@ def separate_runs(args: argparse.Namespace) -> bool:
     return all(checks.values())
 
 
+MODULE_KINDS = ("stem", "stage", "neck", "head", "rpn", "roi")
+
+
+def compare_modules(args: argparse.Namespace) -> None:
+    """Issue #13: what each kind of module piece costs to profile and adds to the predictor, side by side.
+
+    The table of the separate-runs protocol gets every module piece by `smnas profile-lut --resume --modules all`
+    (how a user adds pieces to a table; a copy, `train_modules.db`, empty ONNX cache), observed per kind of
+    entry by profile_throughput's driver. Then one predictor per module set, each fitted by `smnas predictor
+    fit` on the same 300 model timings and evaluated by `smnas predictor eval` on the same held-out run:
+    none (the default table, train.db), all kinds, and each kind alone (a copy holding only that kind).
+    """
+    import json
+    import shutil
+    import sqlite3
+
+    from profile_throughput import kind_rows, print_kinds, run_profile
+
+    root = OUT / "separate"
+    train_db, test_db, full_db = root / "train.db", root / "test.db", root / "train_modules.db"
+    split_file = root / "modules_split.json"
+    if not (train_db.is_file() and test_db.is_file()):
+        raise SystemExit(f"--compare-modules needs the separate-runs tables in {root}: run without it first")
+    with sqlite3.connect(full_db if full_db.exists() else train_db) as db:
+        have = db.execute("SELECT count(*) FROM module_entries").fetchone()[0]
+    if not have and not args.no_profile:
+        if not full_db.exists():
+            with sqlite3.connect(train_db) as src, sqlite3.connect(full_db) as dst:
+                src.backup(dst)  # a consistent copy of a WAL database
+        cache = root / "modules_onnx_cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        run = run_profile(["--space", args.space, "--threads", str(args.threads), "--budget-s", str(args.budget_s),
+                           "--out", str(full_db), "--models", str(args.train_models), "--seed", str(args.train_seed),
+                           "--passes", str(args.train_passes or args.passes), "--modules", "all", "--resume",
+                           "--onnx-cache", str(cache)], split_file, root / "modules_profile.log")
+        split_file.with_suffix(".wall.json").write_text(json.dumps({"wall_s": run["wall_s"]}))
+    observed = json.loads(split_file.read_text()) if split_file.is_file() else {"kinds": {}}
+    wall = json.loads(split_file.with_suffix(".wall.json").read_text())["wall_s"] if observed["kinds"] else 0.0
+    rows = kind_rows(observed, wall)
+    if rows:
+        print_kinds(f"profile-lut --resume --modules all: {wall / 60:.1f} min", rows)
+    cost = {r["kind"].removeprefix("module "): (r["n"], r["wall_s"]) for r in rows if r["phase"] == "entries"}
+
+    with sqlite3.connect(full_db) as db:
+        present = [k for (k,) in db.execute("SELECT DISTINCT kind FROM module_entries")]
+    variants: list[tuple[str, Path, tuple[str, ...]]] = [("none (default)", train_db, ())]
+    variants.append(("all kinds", full_db, tuple(k for k in MODULE_KINDS if k in present)))
+    for kind in (k for k in MODULE_KINDS if k in present):
+        only = root / f"train_modules_{kind}.db"
+        if not only.exists():
+            with sqlite3.connect(full_db) as src, sqlite3.connect(only) as dst:
+                src.backup(dst)
+            with sqlite3.connect(only) as db:
+                db.execute("DELETE FROM module_entries WHERE kind != ?", (kind,))
+        variants.append((f"{kind} only", only, (kind,)))
+
+    print(f"\n{'module set (held out: ' + test_db.name + ')':<24}{'pieces':>7}{'profile min':>12}{'±5%':>8}"
+          f"{'±10%':>8}{'MAPE %':>9}{'tau':>7}{'coverage':>10}{'CV ±10%':>9}")
+    for label, table, kinds in variants:
+        tag = label.split()[0]
+        model = root / f"model_modules_{tag}"
+        smnas("predictor", "fit", "--lut", str(table), "--out", str(model), "--folds", str(args.folds),
+              "--threads", "1", *([] if kinds else ["--no-lut-features"]))
+        smnas("predictor", "eval", "--predictor", str(model), "--lut", str(test_db), "--out", str(model / "test_eval"))
+        report = json.loads((model / "test_eval" / "report.json").read_text())
+        cv = json.loads((model / "cv" / "report.json").read_text())
+        m = report["predictor"]
+        n = sum(cost.get(k, (0, 0.0))[0] for k in kinds)
+        minutes = sum(cost.get(k, (0, 0.0))[1] for k in kinds) / 60
+        print(f"{label:<24}{n:>7}{minutes:>12.1f}{_pct(m['within_5']):>8}{_pct(m['within_10']):>8}"
+              f"{_num(m['mape'], 2):>9}{_num(m['kendall_tau'], 3):>7}{_pct(report['coverage']):>10}"
+              f"{_pct(cv['predictor']['within_10']):>9}", flush=True)
+    print("(drift-corrected predictor; profile min: wall of those pieces in the resume run, on top of the table's "
+          "own profiling)")
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
@@ -301,6 +377,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--profile-only", action="store_true", help="only build the tables")
     parser.add_argument("--search", action="store_true", help="small hyper-parameter grid search by CV")
+    parser.add_argument("--compare-modules", action="store_true",
+                        help="separate-runs: add every module piece to (a copy of) the table, then fit one predictor "
+                             "per module set (none, all, each kind alone) and evaluate each on the held-out run")
     args = parser.parse_args()
     OUT = args.out
 
@@ -313,6 +392,9 @@ def main() -> None:
         ignored = [f"--{k.replace('_', '-')}" for k, default in interleaved_only if getattr(args, k) != default]
         if ignored:
             print(f"note: {', '.join(ignored)} apply to --protocol interleaved only (module pieces here: --modules)")
+        if args.compare_modules:
+            compare_modules(args)
+            return
         sys.exit(0 if separate_runs(args) else 1)
     train_db, test_db = OUT / "train.db", OUT / "test.db"
     train, test = bench_archs(args.train_models, args.test_models, args.space)

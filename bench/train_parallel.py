@@ -6,8 +6,9 @@ per core). Each round runs, through the search's own worker pool and job functio
   B. one training with N torch threads (`LocalExecutor(max_parallel=1, threads_per_task=N)`).
 Every training is one epoch over the same `--images` training images (then a tiny evaluation, not
 counted). Printed per round: aggregate training images/s of A (sum over its trainings, from the
-trainer's own epoch time), images/s of B, the ratio A/B, and each phase's wall time including the
-worker start; then the median ratio over the rounds.
+trainer's own epoch time), images/s of B, the ratio A/B, and each phase's wall time (the first
+round's includes starting the workers, which are kept for later rounds); then the median ratio over
+the rounds.
 
 Run alone:  flock /tmp/smnas-bench.lock .venv/bin/python bench/train_parallel.py
 """

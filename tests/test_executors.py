@@ -62,3 +62,26 @@ def test_more_jobs_than_slots_all_finish() -> None:
     pool = LocalExecutor(max_parallel=2, threads_per_task=1)
     results = dict(pool.run(die_or_answer, ["job0", "job1", "job2"]))
     assert sorted(results) == ["job0", "job1", "job2"] and all(" from " in r for r in results.values())
+
+
+def test_workers_are_kept_between_jobs_and_runs_until_close() -> None:
+    pool = LocalExecutor(max_parallel=1, threads_per_task=1)
+    first = dict(pool.run(die_or_answer, ["a", "b"]))
+    again = dict(pool.run(die_or_answer, ["c"]))
+    pids = {answer.split(" from ")[1] for answer in [*first.values(), *again.values()]}
+    assert len(pids) == 1 and str(os.getpid()) not in pids  # one worker, no new interpreter per job
+    worker = pool._idle[0].process
+    pool.close()
+    assert not worker.is_alive() and worker.exitcode == 0 and not pool._idle  # told to stop, not killed
+
+
+def test_a_worker_killed_while_idle_is_replaced_without_failing_a_job() -> None:
+    pool = LocalExecutor(max_parallel=1, threads_per_task=1)
+    [(_, answer)] = list(pool.run(die_or_answer, ["a"]))
+    idle = pool._idle[0].process
+    os.kill(idle.pid or 0, signal.SIGKILL)
+    idle.join(timeout=30)
+    assert not idle.is_alive()
+    [(_, again)] = list(pool.run(die_or_answer, ["b"]))
+    assert again.startswith("b from ") and again.split(" from ")[1] != answer.split(" from ")[1]
+    pool.close()

@@ -274,3 +274,52 @@ def test_a_path_with_uri_characters_opens_the_right_file(tmp_path: Path) -> None
         fill(table)
     with LatencyTable.open(folder / "lut.db") as table:
         assert len(table.model_rows()) == len(ARCHS) + 1
+
+
+def test_anchor_reference_is_the_state_of_the_runs_that_timed_models(tmp_path: Path) -> None:
+    """A later run that adds only module pieces (`profile-lut --resume --modules`) on a faster machine state
+    does not move the reference the predictor's model rows are judged by; a run that timed models does."""
+    path = tmp_path / "lut.db"
+    anchor = ARCHS[0]
+    with LatencyTable.create(path, fp()) as table:
+        table.start_run("first", "profile", 1)
+        for phase in ("start", "end"):
+            table.put_anchor_timing("first", anchor, phase, stats(10.0))
+        table.put_model(ARCHS[1], "network", stats(5.0))
+        table.finish_run("first", models_timed=1)
+        table.start_run("modules", "resume", 1)
+        for phase in ("start", "end"):
+            table.put_anchor_timing("modules", anchor, phase, stats(6.0))
+        table.put_module("stem:0:c16:128x128", "stem", {"i": 0}, stats(1.0))
+        table.finish_run("modules", models_timed=0)
+    with LatencyTable.open(path) as table:
+        assert [r.models_timed for r in table.runs()] == [1, 0]
+        assert table.anchor_reference() == {anchor: pytest.approx(10.0)}
+    with LatencyTable.create(path, fp()) as table:
+        table.start_run("more", "resume", 1)
+        for phase in ("start", "end"):
+            table.put_anchor_timing("more", anchor, phase, stats(8.0))
+        table.put_model(ARCHS[2], "network", stats(6.0))
+        table.finish_run("more", models_timed=1)
+    with LatencyTable.open(path) as table:  # both model runs count: the median of 10, 10, 8, 8
+        assert table.anchor_reference() == {anchor: pytest.approx(9.0)}
+
+
+def test_a_schema_2_table_without_models_timed_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "lut.db"
+    with LatencyTable.create(path, fp()) as table:
+        table.start_run("old", "profile", 1)
+        table.put_anchor_timing("old", ARCHS[0], "start", stats(4.0))
+        table.finish_run("old")
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE timing_runs DROP COLUMN models_timed")  # as tables written before it was kept
+    conn.commit()
+    conn.close()
+    with LatencyTable.open(path) as table:  # read as it is: an unknown count counts as a run that timed models
+        assert [r.models_timed for r in table.runs()] == [None]
+        assert table.anchor_reference() == {ARCHS[0]: pytest.approx(4.0)}
+    with LatencyTable.create(path, fp()) as table:
+        table.start_run("new", "resume", 1)
+        table.finish_run("new", models_timed=0)
+    with LatencyTable.open(path) as table:
+        assert [r.models_timed for r in table.runs()] == [None, 0]

@@ -265,6 +265,7 @@ def test_repeat_check_and_anchors_are_written_and_resume_retimes_anchors(tmp_pat
             anchors = table.anchors()
             [run] = table.runs()
             assert run.kind == "profile" and run.repeat_n == 10 and run.repeat_median == report.repeat_median
+            assert run.models_timed == 12
             assert set(table.anchor_reference()) == set(anchors) and len(anchors) == 3
         n_before = _count(out, "anchor_timings")
         assert n_before == 2 * 3  # start and end of the run
@@ -274,6 +275,7 @@ def test_repeat_check_and_anchors_are_written_and_resume_retimes_anchors(tmp_pat
     assert _count(out, "anchor_timings") == n_before + 2 * 3  # the resume timed them at its start and end too
     with LatencyTable.open(out) as table:
         assert [r.kind for r in table.runs()] == ["profile", "resume"]
+        assert [r.models_timed for r in table.runs()] == [12, 1]  # the resume added the 13th
 
 
 def _count(db: Path, table: str) -> int:

@@ -7,11 +7,12 @@ Tables:
 - `module_entries`: one row per module shape key (UNIQUE): kind, config JSON, stats, export info.
 - `model_entries`: one row per (canonical arch string, scope) (UNIQUE): arch id, stats, extras JSON.
 - `timing_runs`: every run that timed on this table's setup: profile runs and resumes (their
-  repeat check: the median and p90 relative difference of re-timed entries), and later runs that
-  measured their drift against it (search, predictor eval, deploy): the anchors' median ratio and
-  its spread.
+  repeat check: the median and p90 relative difference of re-timed entries; how many whole models
+  they added), and later runs that measured their drift against it (search, predictor eval,
+  deploy): the anchors' median ratio and its spread.
 - `anchor_timings`: each timing of an anchor model (profile runs time them at their start and end);
-  the median over profile runs is the table's reference, what later runs' drift is measured against.
+  the median over the profile runs that timed whole models is the table's reference, what later
+  runs' drift is measured against.
 
 Every row carries the fingerprint key it was measured under. Each insert commits on its own, so
 an interrupted profiling run keeps every row it finished; re-running skips keys already present
@@ -92,7 +93,8 @@ CREATE TABLE IF NOT EXISTS timing_runs (
     repeat_n INTEGER,
     repeat_median REAL,
     repeat_p90 REAL,
-    note TEXT
+    note TEXT,
+    models_timed INTEGER
 );
 CREATE TABLE IF NOT EXISTS anchor_timings (
     id INTEGER PRIMARY KEY,
@@ -123,6 +125,7 @@ class TimingRun:
     repeat_median: float | None
     repeat_p90: float | None
     note: str | None
+    models_timed: int | None = None  # whole models the run added (None: a table written before this was kept)
 
 
 # Columns the readers use, checked on open: a damaged schema would otherwise fail on the first row.
@@ -316,6 +319,8 @@ class LatencyTable:
         else:
             with conn:  # an older table gains the run and anchor tables (nothing else changes)
                 conn.executescript(_RUN_SCHEMA)
+                if "models_timed" not in {r[1] for r in conn.execute("PRAGMA table_info(timing_runs)")}:
+                    conn.execute("ALTER TABLE timing_runs ADD COLUMN models_timed INTEGER")
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                              (str(SCHEMA_VERSION),))
             try:
@@ -444,7 +449,8 @@ class LatencyTable:
                                "VALUES (?, ?, ?, ?, ?)", (run_id, kind, _now(), passes, note))
 
     def finish_run(self, run_id: str, **values: Any) -> None:
-        allowed = {"drift", "drift_spread", "drift_anchors", "repeat_n", "repeat_median", "repeat_p90", "note"}
+        allowed = {"drift", "drift_spread", "drift_anchors", "repeat_n", "repeat_median", "repeat_p90", "note",
+                   "models_timed"}
         unknown = set(values) - allowed
         if unknown:
             raise ValueError(f"unknown timing-run fields {sorted(unknown)}")
@@ -464,13 +470,21 @@ class LatencyTable:
                       json.dumps({c: getattr(stats, c) for c in STAT_COLUMNS}), _now()))
 
     def anchor_reference(self) -> dict[str, float]:
-        """Per anchor, the median of its timings in the table's own profile runs: the table's machine state."""
+        """Per anchor, the median of its timings in the table's own profile runs that timed whole models: the
+        machine state of the rows a predictor is fitted on. A run that added only module pieces (`--resume
+        --modules`) does not move it. Where no run that timed models timed anchors (anchors added later with
+        `--resume --anchors`, or a table of pieces only), all its profile runs count."""
         if not self._has_runs():
             return {}
-        kinds = ", ".join("?" * len(PROFILE_RUN_KINDS))
-        rows = self._conn.execute(
-            f"SELECT a.arch, a.median_ms FROM anchor_timings a JOIN timing_runs r ON a.run_id = r.run_id "
-            f"WHERE r.kind IN ({kinds})", PROFILE_RUN_KINDS).fetchall()
+        profile_runs = [r for r in self.runs() if r.kind in PROFILE_RUN_KINDS]
+        model_runs = [r.run_id for r in profile_runs if r.models_timed is None or r.models_timed > 0]
+        rows: list[Any] = []
+        for runs in (model_runs, [r.run_id for r in profile_runs]):
+            rows = self._conn.execute(
+                f"SELECT arch, median_ms FROM anchor_timings WHERE run_id IN ({', '.join('?' * len(runs))})",
+                runs).fetchall()
+            if rows:
+                break
         by_arch: dict[str, list[float]] = {}
         for arch, ms in rows:
             by_arch.setdefault(arch, []).append(float(ms))

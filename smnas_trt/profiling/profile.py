@@ -644,7 +644,7 @@ def profile_lut(
                 if repeat_check and timed_jobs and not report.interrupted:
                     _repeat_check(table, backend, timed_jobs, timing, cache, passes, exporter, seed, report)
                 table.finish_run(run_id, repeat_n=report.repeat_n or None, repeat_median=report.repeat_median,
-                                 repeat_p90=report.repeat_p90)
+                                 repeat_p90=report.repeat_p90, models_timed=report.models_timed)
         except KeyboardInterrupt:
             report.interrupted = True
         finally:

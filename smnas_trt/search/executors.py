@@ -5,17 +5,19 @@ as jobs finish. `on_start(job)` is called right before a job is handed out, so t
 the candidate as started in the run store first. `parallel=False` runs the jobs one at a time (the
 search times latency that way, with no training in flight, so timings are not disturbed).
 
-- `LocalExecutor` (the default): each job in a fresh worker process (spawn start method), up to
-  `max_parallel` at once, each with `threads_per_task` torch threads and, where there are GPUs, its
-  own GPU. On a CPU machine one-thread workers side by side do far more work than one process using
-  every core (bench/train_parallel.py). A worker that dies (OOM killer, SIGKILL) fails its own job only.
+- `LocalExecutor` (the default): up to `max_parallel` spawned worker processes, kept from one job to the
+  next, each with `threads_per_task` torch threads and, where there are GPUs, its own GPU. On a CPU
+  machine one-thread workers side by side do far more work than one process using every core
+  (bench/train_parallel.py). A worker that dies (OOM killer, SIGKILL) fails its own job only.
 - `InProcessExecutor`: one job after another in the driver's process (debugging, tests).
 - `RayExecutor`: one Ray task per job, on a cluster (multi-node).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import multiprocessing.util
 import os
 import pickle
 import signal
@@ -96,34 +98,40 @@ def _die_with_parent(parent_pid: int) -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: orphans finish their one job, then exit
+    except (OSError, AttributeError):  # not Linux: an orphan finishes its job, then exits (EOF on its pipe)
         return
     if os.getppid() != parent_pid:  # the driver died before the request took effect
         os._exit(1)
 
 
-def _worker(fn: Callable[[Any], Any], job: Any, threads: int | None, gpu: int | None, parent_pid: int,
-            conn: Connection) -> None:
-    """A worker process's body: set its threads and GPU, run one job, send back the result or the error."""
+def _serve(threads: int | None, gpu: int | None, parent_pid: int, tasks: Connection, results: Connection) -> None:
+    """A worker process's body: set its threads and GPU once, then run the jobs it is sent, one at a time,
+    sending back each result or error, until it is told to stop (None) or the driver goes away."""
     _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops the workers
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # read when CUDA initialises, i.e. inside the job
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # read when CUDA initialises, i.e. inside a job
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    try:
-        result: Any = fn(job)
-    except BaseException as e:
-        result = e
-    try:
-        pickle.dumps(result)
-    except Exception:
-        result = RuntimeError(f"{type(result).__name__}: {str(result)[:300]}")  # an unpicklable error, as text
-    try:
-        conn.send(result)
-    finally:
-        conn.close()
+    while True:
+        try:
+            task = tasks.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        fn, job = task
+        try:
+            result: Any = fn(job)
+        except BaseException as e:
+            result = e
+        try:
+            pickle.dumps(result)
+        except Exception:
+            result = RuntimeError(f"{type(result).__name__}: {str(result)[:300]}")  # an unpicklable error, as text
+        results.send(result)
 
 
 def _death(exitcode: int | None) -> WorkerDied:
@@ -138,13 +146,46 @@ def _death(exitcode: int | None) -> WorkerDied:
     return WorkerDied(f"worker process died: {why}")
 
 
+class _Worker:
+    """One spawned worker process and its two pipes; it keeps its imports (torch, the dataset code) from one
+    job to the next."""
+
+    def __init__(self, context: Any, threads: int | None, gpu: int | None) -> None:
+        self.gpu = gpu
+        task_receive, self.tasks = context.Pipe(duplex=False)
+        self.results, result_send = context.Pipe(duplex=False)
+        self.process = context.Process(target=_serve, name="smnas-worker",
+                                       args=(threads, gpu, os.getpid(), task_receive, result_send))
+        self.process.start()
+        task_receive.close()
+        result_send.close()  # the child holds the only writing end: EOF here means it is gone
+
+    def stop(self, kill: bool = False) -> None:
+        if not kill:
+            with contextlib.suppress(OSError):  # already gone
+                self.tasks.send(None)
+            self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.tasks.close()
+        self.results.close()
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    while workers:
+        workers.pop().stop()
+
+
 class LocalExecutor:
     """Jobs in spawned worker processes on this machine, up to `max_parallel` at once.
 
-    A fresh process per job keeps jobs apart: a worker that dies takes only its own job with it
-    (reported as WorkerDied), and nothing one training leaves behind (threads, memory) reaches the next.
-    With GPUs, each in-flight job gets one GPU of its own (CUDA_VISIBLE_DEVICES). Jobs with
-    `parallel=False` run in this process, one at a time.
+    Workers are started on demand and kept between jobs (and between `run` calls, until `close`), so a job
+    does not pay for a fresh interpreter importing torch (about 7 s on a 2-core machine). A worker that dies
+    (OOM killer, SIGKILL) takes only the job it was running with it (reported as WorkerDied) and is replaced;
+    a job that raises is reported with its error and leaves the worker running. With GPUs, each worker owns
+    one GPU (CUDA_VISIBLE_DEVICES). Jobs with `parallel=False` run in this process, one at a time, while the
+    idle workers wait without using the CPU (the search times latency that way).
     """
 
     name = "local"
@@ -154,6 +195,10 @@ class LocalExecutor:
         self.threads_per_task = threads_per_task
         self.gpus = gpus
         self._context = multiprocessing.get_context("spawn")
+        self._idle: list[_Worker] = []
+        # An executor dropped without close() leaves no process; at exit this runs before multiprocessing
+        # joins its children (exitpriority >= 0), which would otherwise wait for idle workers forever.
+        multiprocessing.util.Finalize(self, _stop_all, args=(self._idle,), exitpriority=10)
 
     @classmethod
     def from_config(cls, config: ExecutorConfig, cpus: int | None = None, gpus: int | None = None) -> LocalExecutor:
@@ -176,46 +221,56 @@ class LocalExecutor:
             return _run_inline(fn, jobs, on_start)
         return self._run_workers(fn, jobs, on_start, use_gpu)
 
+    def _take_worker(self, use_gpu: bool, busy: list[_Worker]) -> _Worker:
+        """An idle worker of the right kind (a GPU one for GPU jobs), or a new one."""
+        wanted_gpu = use_gpu and self.gpus > 0
+        for w in [w for w in self._idle if not w.process.is_alive()]:  # died while idle (OOM killer)
+            self._idle.remove(w)
+            w.stop(kill=True)
+        for i, w in enumerate(self._idle):
+            if (w.gpu is not None) == wanted_gpu:
+                return self._idle.pop(i)
+        gpu = None
+        if wanted_gpu:
+            taken = {w.gpu for w in [*self._idle, *busy]}
+            gpu = next(g for g in range(self.gpus) if g not in taken)
+        # Keep at most max_parallel processes alive: drop an idle worker of the other kind first.
+        while self._idle and len(self._idle) + len(busy) >= self.max_parallel:
+            self._idle.pop(0).stop()
+        return _Worker(self._context, self.threads_per_task, gpu)
+
     def _run_workers(self, fn: Callable[[Any], Any], jobs: Sequence[J], on_start: Callable[[J], None] | None,
                      use_gpu: bool) -> Iterator[tuple[J, Any]]:
         queue = list(jobs)
-        free_gpus = list(range(self.gpus)) if use_gpu else []
-        running: dict[Connection, tuple[J, Any, int | None]] = {}  # result pipe -> (job, process, gpu)
+        limit = min(self.max_parallel, self.gpus) if use_gpu and self.gpus else self.max_parallel
+        running: dict[Connection, tuple[J, _Worker]] = {}  # result pipe -> (job, worker)
         try:
             while queue or running:
-                while queue and len(running) < self.max_parallel:
+                while queue and len(running) < limit:
                     job = queue.pop(0)
-                    gpu = free_gpus.pop(0) if free_gpus else None
+                    worker = self._take_worker(use_gpu, [w for _, w in running.values()])
                     if on_start:
                         on_start(job)
-                    receive, send = self._context.Pipe(duplex=False)
-                    process = self._context.Process(target=_worker, name="smnas-worker",
-                                                    args=(fn, job, self.threads_per_task, gpu, os.getpid(), send))
-                    process.start()
-                    send.close()  # the child holds the only writing end: EOF here means it is gone
-                    running[receive] = (job, process, gpu)
+                    worker.tasks.send((fn, job))
+                    running[worker.results] = (job, worker)
                 for ready in wait(list(running)):
                     assert isinstance(ready, Connection)
-                    job, process, gpu = running.pop(ready)
+                    job, worker = running.pop(ready)
                     try:
                         result: Any = ready.recv()
                     except EOFError:
-                        result = None
-                    ready.close()
-                    process.join()
-                    if result is None:
-                        result = _death(process.exitcode)
-                    if gpu is not None:
-                        free_gpus.append(gpu)
+                        worker.process.join()
+                        result = _death(worker.process.exitcode)
+                        worker.stop(kill=True)
+                    else:
+                        self._idle.append(worker)
                     yield job, result
         finally:
-            for conn, (_job, process, _gpu) in running.items():  # interrupted: no orphan keeps training
-                process.kill()
-                process.join()
-                conn.close()
+            for _job, worker in running.values():  # interrupted: no orphan keeps training
+                worker.stop(kill=True)
 
     def close(self) -> None:
-        pass
+        _stop_all(self._idle)
 
 
 class RayExecutor:
