@@ -276,33 +276,32 @@ def test_a_path_with_uri_characters_opens_the_right_file(tmp_path: Path) -> None
         assert len(table.model_rows()) == len(ARCHS) + 1
 
 
+def _run(table: LatencyTable, run_id: str, kind: str, anchor_ms: float, model: str | None = None) -> None:
+    """A profile run as profile-lut records it: anchors at start and end, then one model row or one piece."""
+    table.start_run(run_id, kind, 1)
+    for phase in ("start", "end"):
+        table.put_anchor_timing(run_id, ARCHS[0], phase, stats(anchor_ms))
+    if model is None:
+        table.put_module(f"stem:{run_id}:c16:128x128", "stem", {"run": run_id}, stats(1.0))
+    else:
+        table.put_model(model, "network", stats(5.0))
+    table.finish_run(run_id, models_timed=int(model is not None))
+
+
 def test_anchor_reference_is_the_state_of_the_runs_that_timed_models(tmp_path: Path) -> None:
     """A later run that adds only module pieces (`profile-lut --resume --modules`) on a faster machine state
     does not move the reference the predictor's model rows are judged by; a run that timed models does."""
     path = tmp_path / "lut.db"
-    anchor = ARCHS[0]
     with LatencyTable.create(path, fp()) as table:
-        table.start_run("first", "profile", 1)
-        for phase in ("start", "end"):
-            table.put_anchor_timing("first", anchor, phase, stats(10.0))
-        table.put_model(ARCHS[1], "network", stats(5.0))
-        table.finish_run("first", models_timed=1)
-        table.start_run("modules", "resume", 1)
-        for phase in ("start", "end"):
-            table.put_anchor_timing("modules", anchor, phase, stats(6.0))
-        table.put_module("stem:0:c16:128x128", "stem", {"i": 0}, stats(1.0))
-        table.finish_run("modules", models_timed=0)
+        _run(table, "first", "profile", 10.0, model=ARCHS[1])
+        _run(table, "modules", "resume", 6.0)
     with LatencyTable.open(path) as table:
         assert [r.models_timed for r in table.runs()] == [1, 0]
-        assert table.anchor_reference() == {anchor: pytest.approx(10.0)}
+        assert table.anchor_reference() == {ARCHS[0]: pytest.approx(10.0)}
     with LatencyTable.create(path, fp()) as table:
-        table.start_run("more", "resume", 1)
-        for phase in ("start", "end"):
-            table.put_anchor_timing("more", anchor, phase, stats(8.0))
-        table.put_model(ARCHS[2], "network", stats(6.0))
-        table.finish_run("more", models_timed=1)
+        _run(table, "more", "resume", 8.0, model=ARCHS[2])
     with LatencyTable.open(path) as table:  # both model runs count: the median of 10, 10, 8, 8
-        assert table.anchor_reference() == {anchor: pytest.approx(9.0)}
+        assert table.anchor_reference() == {ARCHS[0]: pytest.approx(9.0)}
 
 
 def test_a_schema_2_table_without_models_timed_gains_the_column(tmp_path: Path) -> None:
