@@ -270,6 +270,7 @@ def compare_modules(args: argparse.Namespace) -> None:
     import json
     import shutil
     import sqlite3
+    from contextlib import closing
 
     from profile_throughput import kind_rows, print_kinds, run_profile
 
@@ -278,11 +279,11 @@ def compare_modules(args: argparse.Namespace) -> None:
     split_file = root / "modules_split.json"
     if not (train_db.is_file() and test_db.is_file()):
         raise SystemExit(f"--compare-modules needs the separate-runs tables in {root}: run without it first")
-    with sqlite3.connect(full_db if full_db.exists() else train_db) as db:
+    with closing(sqlite3.connect(full_db if full_db.exists() else train_db)) as db:
         have = db.execute("SELECT count(*) FROM module_entries").fetchone()[0]
     if not have and not args.no_profile:
         if not full_db.exists():
-            with sqlite3.connect(train_db) as src, sqlite3.connect(full_db) as dst:
+            with closing(sqlite3.connect(train_db)) as src, closing(sqlite3.connect(full_db)) as dst:
                 src.backup(dst)  # a consistent copy of a WAL database
         cache = root / "modules_onnx_cache"
         shutil.rmtree(cache, ignore_errors=True)
@@ -298,16 +299,16 @@ def compare_modules(args: argparse.Namespace) -> None:
         print_kinds(f"profile-lut --resume --modules all: {wall / 60:.1f} min", rows)
     cost = {r["kind"].removeprefix("module "): (r["n"], r["wall_s"]) for r in rows if r["phase"] == "entries"}
 
-    with sqlite3.connect(full_db) as db:
+    with closing(sqlite3.connect(full_db)) as db:
         present = [k for (k,) in db.execute("SELECT DISTINCT kind FROM module_entries")]
     variants: list[tuple[str, Path, tuple[str, ...]]] = [("none (default)", train_db, ())]
     variants.append(("all kinds", full_db, tuple(k for k in MODULE_KINDS if k in present)))
     for kind in (k for k in MODULE_KINDS if k in present):
         only = root / f"train_modules_{kind}.db"
         if not only.exists():
-            with sqlite3.connect(full_db) as src, sqlite3.connect(only) as dst:
+            with closing(sqlite3.connect(full_db)) as src, closing(sqlite3.connect(only)) as dst:
                 src.backup(dst)
-            with sqlite3.connect(only) as db:
+            with closing(sqlite3.connect(only)) as db, db:  # the inner `db` commits the delete
                 db.execute("DELETE FROM module_entries WHERE kind != ?", (kind,))
         variants.append((f"{kind} only", only, (kind,)))
 
@@ -387,6 +388,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.compare_modules and args.protocol != "separate-runs":
+        parser.error("--compare-modules works on the separate-runs tables: use --protocol separate-runs")
     if args.protocol == "separate-runs":
         interleaved_only = (("pieces", "test"), ("piece_archs", 30), ("retest", 40))
         ignored = [f"--{k.replace('_', '-')}" for k, default in interleaved_only if getattr(args, k) != default]

@@ -419,3 +419,12 @@ def test_an_old_table_gains_the_run_tables_when_written(tmp_path: Path, tiny) ->
         assert table.runs() == [] and table.anchor_reference() == {} and table.repeat_check() is None
     with LatencyTable.create(out, BackendSpec(threads=1).build().fingerprint()) as table:
         assert table.runs() == [] and table.meta("schema_version") == "2"
+
+
+def test_export_ahead_on_the_torch_backend_says_it_is_ignored(tmp_path: Path, tiny) -> None:
+    with OnnxCache(tmp_path / "cache") as cache:
+        report = profile_lut(space=tiny, out=tmp_path / "lut.db", spec=BackendSpec(backend="torch", threads=1),
+                             archs=sample_models(tiny, 1, seed=0), timing=QUICK, cache=cache, num_classes=5,
+                             anchors=0, repeat_check=False, export_ahead=True)
+    assert report.models_timed == 1 and report.exported_ahead == 0 and cache.misses == 0  # nothing exported
+    assert "--export-ahead: the torch backend times modules, it exports nothing; ignored" in report.messages

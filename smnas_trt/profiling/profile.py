@@ -583,11 +583,13 @@ def profile_lut(
         elif (backend.name, backend.precision, backend.batch) != (spec.backend, spec.precision, spec.batch):
             raise ProfilingError(f"backend {backend.name} {backend.precision} batch {backend.batch} is not the one "
                                  f"the spec describes ({spec.describe()})")
-        if export_ahead is None:
-            export_ahead = spec.device_kind == "cuda" and spec.backend != "torch"
         own_cache = cache is None
         cache = cache or OnnxCache(None)
         report = ProfileReport(out=str(out))
+        if export_ahead and spec.backend == "torch":
+            report.messages.append("--export-ahead: the torch backend times modules, it exports nothing; ignored")
+        if export_ahead is None:
+            export_ahead = spec.device_kind == "cuda" and spec.backend != "torch"
         t0 = time.perf_counter()
         model_archs = list(archs) if archs is not None else sample_models(space, models, seed)
         pieces: list[Any] = []

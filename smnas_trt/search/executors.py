@@ -181,7 +181,8 @@ class LocalExecutor:
     """Jobs in spawned worker processes on this machine, up to `max_parallel` at once.
 
     Workers are started on demand and kept between jobs (and between `run` calls, until `close`), so a job
-    does not pay for a fresh interpreter importing torch (about 7 s on a 2-core machine). A worker that dies
+    does not pay for a fresh interpreter importing torch (about 6 s a job on a 2-core machine,
+    bench/worker_reuse.py). A worker that dies
     (OOM killer, SIGKILL) takes only the job it was running with it (reported as WorkerDied) and is replaced;
     a job that raises is reported with its error and leaves the worker running. With GPUs, each worker owns
     one GPU (CUDA_VISIBLE_DEVICES). Jobs with `parallel=False` run in this process, one at a time, while the
