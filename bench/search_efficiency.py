@@ -78,6 +78,9 @@ def main() -> None:
     ap.add_argument("--cpu-budget-s", type=float, default=None, help="training CPU-seconds per variant")
     ap.add_argument("--budget-ms", type=float, default=None, help="latency budget (default: the scale's, else "
                     "the table's median)")
+    ap.add_argument("--rungs", type=int, nargs="+", default=None,
+                    help="the multi-fidelity variant's epochs per rung (default: the scale's; the last is every "
+                    "variant's top epochs)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--fresh", action="store_true", help="delete earlier runs in --out first")
@@ -86,6 +89,8 @@ def main() -> None:
     scale = SCALES[args.scale]
     if args.cpu_budget_s:
         scale = replace(scale, cpu_budget_s=args.cpu_budget_s)
+    if args.rungs:
+        scale = replace(scale, rungs=tuple(args.rungs))
     out = Path(args.out or BENCH_DIR / f"search_efficiency-{args.scale}")
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -101,7 +106,7 @@ def main() -> None:
     raw = apply_overrides(raw, {"latency.predictor": str(predictor_dir), "latency.budget_ms": round(budget, 3)})
     print(f"scale {args.scale}: budget {budget:.3f} ms ({raw['latency']['backend']} "
           f"{raw['latency'].get('scope', 'network')}), {scale.cpu_budget_s:.0f} training CPU-s per variant, "
-          f"top rung {scale.rungs[-1]} epochs, seeds {args.seeds}; load {os.getloadavg()[0]:.2f}", flush=True)
+          f"rungs {list(scale.rungs)}, seeds {args.seeds}; load {os.getloadavg()[0]:.2f}", flush=True)
 
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:
