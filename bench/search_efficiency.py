@@ -108,10 +108,14 @@ def main() -> None:
           f"{raw['latency'].get('scope', 'network')}), {scale.cpu_budget_s:.0f} training CPU-s per variant, "
           f"rungs {list(scale.rungs)}, seeds {args.seeds}; load {os.getloadavg()[0]:.2f}", flush=True)
 
+    # Other rungs get their own run folders: --resume must not continue a run of another shape.
+    tag = "" if scale.rungs == SCALES[args.scale].rungs else "-rungs" + "-".join(map(str, scale.rungs))
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:
-        for name in args.variants:
-            cfg_raw = apply_overrides(raw, {**variant_overrides(name, scale), "seed": seed, "name": f"{name}-s{seed}"})
+        for variant in args.variants:
+            name = variant + tag
+            cfg_raw = apply_overrides(raw, {**variant_overrides(variant, scale), "seed": seed,
+                                            "name": f"{name}-s{seed}"})
             cfg_path = out / f"{name}-s{seed}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg_raw))
             run_dir = out / f"run-{name}-s{seed}"
